@@ -1,0 +1,283 @@
+"""The ``engine`` command. Exit codes: 0 ok, 1 task or provider failed, 2 bad input, 3 lock held."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import ConfigError, EngineError
+from .lifecycle import Session
+from .render import CollectingReporter, ConsoleReporter, iso, plan_json, print_plan, summary_line
+from .report import Reporter
+from .state import State, default_path
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _emit_json(doc) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+
+
+def state_option(f):
+    @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+                  help="State file (default: $ENGINE_STATE or .engine/state.db).")
+    @functools.wraps(f)
+    def wrapper(*a, state_path=None, **kw):
+        return f(*a, state_path=Path(state_path) if state_path else default_path(), **kw)
+    return wrapper
+
+
+def _session(state_path, backend=None, lock_timeout=0.0, reporter=None) -> Session:
+    return Session(state=state_path, backend=backend, lock_timeout=lock_timeout, reporter=reporter)
+
+
+def _open_existing(state_path: Path) -> State | None:
+    return State(state_path) if state_path.exists() else None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="taskrig")
+def cli():
+    """taskrig: every task run gets exactly the infrastructure it declares."""
+
+
+inputs_option = click.option("-i", "--input", "inputs", multiple=True, metavar="NAME=VALUE",
+                             help="A task input; VALUE is parsed as JSON when it parses.")
+backend_option = click.option("--backend", type=click.Choice(["local", "kubernetes"]), default=None,
+                              help="Where clusters are provisioned (default: the environment's, else local).")
+
+
+@cli.command()
+@click.argument("target")
+@inputs_option
+@backend_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@state_option
+def preview(target, inputs, backend, as_json, detailed_exitcode, state_path):
+    """Show what `up TARGET` would provision, change and delete."""
+    from .target import load_target, parse_inputs
+
+    task = load_target(target)
+    session = _session(state_path, backend)
+    plan = session.preview(task, parse_inputs(inputs))
+    if as_json:
+        _emit_json(plan_json(plan))
+    else:
+        print_plan(out, plan, f"Preview of stack {plan.stack} (task {task.name}):")
+    if detailed_exitcode and plan.has_changes:
+        sys.exit(2)
+
+
+@cli.command()
+@click.argument("target")
+@inputs_option
+@backend_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--lock-timeout", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for the stack's lock before exiting 3.")
+@state_option
+def up(target, inputs, backend, as_json, lock_timeout, state_path):
+    """Plan, provision, run TARGET, tear down; prints the task's result."""
+    from .target import load_target, parse_inputs
+
+    task = load_target(target)
+    values = parse_inputs(inputs)
+    reporter = CollectingReporter() if as_json else ConsoleReporter(err)
+    session = _session(state_path, backend, lock_timeout, reporter)
+    try:
+        result = session.execute(task, task.bind(**values))
+    except BaseException as e:
+        if as_json and isinstance(reporter, CollectingReporter) and not isinstance(e, (ConfigError, KeyboardInterrupt)):
+            _emit_json(_up_doc(task, reporter, None, e))
+        raise
+    if as_json:
+        _emit_json(_up_doc(task, reporter, result, None))
+    else:
+        out.print(f"[bold]Result:[/bold] {escape(json.dumps(result.outputs, default=repr))}")
+
+
+def _up_doc(task, reporter: CollectingReporter, result, error) -> dict:
+    plan = reporter.phases.get("up_plan") or {"stack": task.env.name, "steps": [], "summary": {}}
+    doc = {"stack": task.env.name, "task": task.name,
+           "run_id": result.run["run_id"] if result else None,
+           "status": result.run["status"] if result else "failed",
+           "outputs": result.outputs if result else None,
+           "steps": plan["steps"], "summary": plan["summary"],
+           "applied": reporter.phases.get("up", []), "teardown": reporter.phases.get("teardown", [])}
+    if error is not None:
+        doc["error"] = f"{type(error).__name__}: {error}"
+    if reporter.messages:
+        doc["messages"] = reporter.messages
+    return doc
+
+
+@cli.command()
+@click.argument("stack", required=False)
+@click.option("--all", "all_stacks", is_flag=True, help="Destroy every stack in the state.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--lock-timeout", type=float, default=0.0, show_default=True)
+@state_option
+def destroy(stack, all_stacks, as_json, lock_timeout, state_path):
+    """Delete every resource of STACK (or of all stacks), recovering dead runs first."""
+    if bool(stack) == bool(all_stacks):
+        raise ConfigError("name a STACK or pass --all", "STACK")
+    state = _open_existing(state_path)
+    if state is None:
+        stacks = []
+    else:
+        stacks = state.stacks() if all_stacks else [stack]
+        state.close()
+    if stack and not stacks:
+        stacks = [stack]
+    session = _session(state_path, lock_timeout=lock_timeout, reporter=Reporter() if as_json else ConsoleReporter(err))
+    docs = []
+    for s in stacks:
+        plan = session.destroy(s)
+        docs.append(plan_json(plan))
+        if not as_json:
+            out.print(f"Destroyed stack {escape(s)}: " + summary_line(plan).replace("to delete", "deleted"))
+    if as_json:
+        _emit_json(docs if all_stacks else (docs[0] if docs else {"stack": stack, "steps": [], "summary": {}}))
+
+
+@cli.command()
+@click.argument("stack", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--lock-timeout", type=float, default=0.0, show_default=True)
+@state_option
+def refresh(stack, as_json, lock_timeout, state_path):
+    """Read every recorded resource back; record drift, drop what is gone."""
+    state = _open_existing(state_path)
+    stacks = ([stack] if stack else state.stacks()) if state else []
+    if state:
+        state.close()
+    session = _session(state_path, lock_timeout=lock_timeout, reporter=Reporter() if as_json else ConsoleReporter(err))
+    result = {}
+    for s in stacks:
+        result[s] = [_record_json(r) for r in session.refresh(s)]
+        if not as_json:
+            out.print(f"Refreshed stack {escape(s)}: {len(result[s])} resource(s) present")
+    if as_json:
+        _emit_json(result)
+
+
+def _record_json(r) -> dict:
+    return {"urn": r.urn, "type": r.type, "id": r.id, "stack": r.stack, "run_id": r.run_id, "outputs": r.outputs}
+
+
+@cli.group("state")
+def state_group():
+    """Inspect the state database."""
+
+
+@state_group.command("list")
+@click.option("--stack", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@state_option
+def state_list(stack, as_json, state_path):
+    """Every recorded resource."""
+    state = _open_existing(state_path)
+    records = state.resources(stack) if state else []
+    if as_json:
+        _emit_json([_record_json(r) for r in records])
+        return
+    if not records:
+        out.print("No resources.")
+        return
+    table = Table("URN", "TYPE", "ID", "RUN", box=None)
+    for r in records:
+        table.add_row(r.urn, r.type, r.id, r.run_id or "(reusable)")
+    out.print(table)
+
+
+@state_group.command("show")
+@click.argument("urn")
+@click.option("--json", "as_json", is_flag=True)
+@state_option
+def state_show(urn, as_json, state_path):
+    """One resource with its inputs and outputs."""
+    state = _open_existing(state_path)
+    rec = state.resource(urn) if state else None
+    if rec is None:
+        raise ConfigError(f"no resource {urn} in {state_path}", "URN")
+    doc = {**_record_json(rec), "inputs": rec.inputs, "deps": rec.deps, "options": rec.options.to_dict(),
+           "ephemeral": rec.ephemeral, "created": iso(rec.created), "last_used": iso(rec.last_used),
+           "idle_ttl": rec.idle_ttl}
+    if as_json:
+        _emit_json(doc)
+    else:
+        for k, v in doc.items():
+            out.print(f"[bold]{k}[/bold]: {escape(json.dumps(v, default=str))}")
+
+
+@cli.command()
+@click.option("--stack", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@state_option
+def runs(stack, as_json, state_path):
+    """Runs, oldest first, with their status."""
+    state = _open_existing(state_path)
+    rows = state.runs(stack) if state else []
+    docs = [{"run_id": r["run_id"], "stack": r["stack"], "task": r["task"], "status": r["status"],
+             "started": iso(r["started"]), "finished": iso(r["finished"]), "error": r["error"]} for r in rows]
+    if as_json:
+        _emit_json(docs)
+        return
+    table = Table("RUN", "STACK", "TASK", "STATUS", "STARTED", "ERROR", box=None)
+    for d in docs:
+        table.add_row(d["run_id"], d["stack"], d["task"], d["status"], d["started"] or "", (d["error"] or "")[:80])
+    out.print(table)
+
+
+@cli.command()
+@click.argument("stack")
+@click.argument("lock_id")
+@state_option
+def unlock(stack, lock_id, state_path):
+    """Break STACK's lock when its holder cannot release it (the lock id must match)."""
+    from .lock import force_unlock
+
+    holder = force_unlock(state_path, stack, lock_id)
+    out.print(f"Unlocked stack {escape(stack)} (was held by pid {holder.get('pid')} on {holder.get('host')}).")
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> None:
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except EngineError as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted; the run was torn down[/yellow]")
+        sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""One task run from start to end: declare, check, lock, recover, plan, apply, attach, run,
+tear down, record. Also the stack-wide operations the CLI offers (preview, destroy, refresh).
+
+Validation (target, plugin config, provider ``check``, secrets) happens before the state file
+is opened, so bad input leaves it byte-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets as _secrets
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from . import context
+from .apply import Applier
+from .errors import ConfigError, EngineError
+from .lock import StackLock
+from .plan import Plan, deletion_plan, plan as make_plan
+from .plugin import Attachment, DeclareContext
+from .recover import expired, recover_stack
+from .registry import ProviderRegistry, TaskPluginRegistry
+from .report import Reporter
+from .resource import Declaration, Diff, ProviderContext, Read, Record
+from .state import State, default_path
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time to the millisecond plus 4 random hex digits."""
+    now = datetime.now(timezone.utc)
+    return f"r{now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d}{_secrets.token_hex(2)}"
+
+
+class RunResult(NamedTuple):
+    outputs: Any
+    run: dict
+
+
+def resolve_secrets(env) -> tuple[dict[str, str], dict[str, str]]:
+    """(env vars to set, files to mount) from the environment's Secret references.
+
+    Looks in the process environment (``KEY``, ``GROUP_KEY``) and in ``ENGINE_SECRETS_DIR``
+    (``KEY`` or ``GROUP/KEY``); a missing one is an error before anything is provisioned.
+    """
+    env_vars: dict[str, str] = {}
+    for s in env.secrets:
+        names = [f"{s.group}_{s.key}".upper(), s.key] if s.group else [s.key, s.key.upper()]
+        value = next((os.environ[n] for n in names if n in os.environ), None)
+        sdir = os.environ.get("ENGINE_SECRETS_DIR")
+        if value is None and sdir:
+            for rel in ([Path(s.group) / s.key] if s.group else []) + [Path(s.key)]:
+                p = Path(sdir) / rel
+                if p.is_file():
+                    value = p.read_text().rstrip("\n")
+                    break
+        if value is None:
+            where = f"the environment variable {names[0]}" + (f" or {sdir}/" if sdir else " or a file in ENGINE_SECRETS_DIR")
+            raise ConfigError(f"secret {s.key!r} is not set: put it in {where}", f"secrets.{s.key}")
+        env_vars[s.as_env_var or (f"{s.group}_{s.key}" if s.group else s.key).upper()] = value
+    return env_vars, {}
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A run's validated declarations, before any state is touched."""
+
+    task: Any
+    inputs: dict
+    run_id: str
+    dctx: DeclareContext
+    plugins: list[tuple[Any, Any]]
+    decls: list[Declaration]
+    secret_env: dict[str, str]
+
+
+class Session:
+    """Settings for the runs started from here: state file, backend, lock wait, reporter."""
+
+    def __init__(self, state: str | os.PathLike | None = None, backend: str | None = None,
+                 lock_timeout: float = 0.0, reporter: Reporter | None = None, parallelism: int = 8):
+        self.state_path = Path(state) if state else default_path()
+        self.backend = backend
+        if backend is not None and backend not in ("local", "kubernetes"):
+            raise ConfigError(f"unknown backend {backend!r} (local, kubernetes)", "backend")
+        self.lock_timeout = lock_timeout
+        self.reporter = reporter or Reporter()
+        self.parallelism = parallelism
+        self._providers: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ plumbing
+    def provider(self, token: str):
+        p = self._providers.get(token)
+        if p is None:
+            cls = ProviderRegistry.find(token)
+            if cls is None:
+                raise ConfigError(f"no provider is registered for the resource type {token!r} "
+                                  f"(is the extra that provides it installed?)", "type")
+            runtime = self.state_path.resolve().parent / "runtime"
+            p = self._providers[token] = cls(ProviderContext(str(self.state_path), str(runtime)))
+        return p
+
+    def open_state(self) -> State:
+        return State(self.state_path)
+
+    def lock(self, stack: str, operation: str) -> StackLock:
+        return StackLock(self.state_path, stack, operation).acquire(self.lock_timeout, self.reporter.lock_wait)
+
+    def _applier(self, state: State, stack: str, run_id: str, reason: str | None = None) -> Applier:
+        return Applier(state, self.provider, stack, run_id, self.parallelism, on_start=self.reporter.step_start,
+                       on_done=self.reporter.step_done, reason=reason)
+
+    def recover(self, state: State, stack: str) -> None:
+        recover_stack(state, stack, self.provider, self.reporter.message, self.reporter.step_start,
+                      self.reporter.step_done)
+        gone = expired(state, stack)
+        if gone:
+            self._reap(state, stack, gone)
+
+    def _reap(self, state: State, stack: str, records: list[Record]) -> None:
+        run_id = new_run_id()
+        state.start_run(run_id, stack, "idle_ttl expired", kind="reap", status="tearing_down")
+        self.reporter.message(f"{len(records)} reusable resource(s) of {stack} idle past their TTL: destroying")
+        try:
+            self._applier(state, stack, run_id, reason="idle_ttl expired").apply(deletion_plan(stack, records))
+        except BaseException as e:
+            state.update_run(run_id, status="failed", finished=time.time(), error=str(e))
+            raise
+        state.update_run(run_id, status="succeeded", finished=time.time())
+
+    # ------------------------------------------------------------------ declaring
+    def prepare(self, task, inputs: dict, run_id: str | None = None) -> Prepared:
+        env = task.env
+        run_id = run_id or new_run_id()
+        backend = self.backend or env.backend or "local"
+        reusable = env.reusable is not None
+        dctx = DeclareContext(env.name, run_id, backend, env, reusable=reusable,
+                              idle_ttl=env.reusable.ttl_seconds if reusable else None, task_name=task.name)
+        plugins, decls = [], []
+        for i, cfg in enumerate(env.plugin_configs):
+            plugin = TaskPluginRegistry.find(type(cfg))
+            if plugin is None:
+                raise ConfigError(f"no plugin is registered for {type(cfg).__qualname__}",
+                                  "plugin_config" + (f"[{i}]" if len(env.plugin_configs) > 1 else ""))
+            plugins.append((cfg, plugin))
+            decls.extend(plugin.declare(cfg, dctx))
+        for d in decls:
+            d.inputs = self.provider(d.type).check(d.inputs)
+        secret_env, _ = resolve_secrets(env)
+        return Prepared(task, inputs, run_id, dctx, plugins, decls, secret_env)
+
+    def _plan(self, state: State, stack: str, decls: list[Declaration], run_id: str | None,
+              refresh: bool = False) -> Plan:
+        recorded = state.resources(stack)
+        wanted = {d.urn for d in decls}
+        current = []
+        for r in recorded:
+            p = self.provider(r.type)
+            if refresh or (r.urn in wanted and p.refresh_on_up and not r.ephemeral):
+                r = self._refresh_one(state, r, write=refresh)
+                if r is None:
+                    continue
+            current.append(r)
+        by_urn = {r.urn: r for r in current}
+        diffs = {d.urn: self.provider(d.type).diff(by_urn[d.urn].inputs, d.inputs)
+                 for d in decls if d.urn in by_urn and not d.read_only}
+        return make_plan(stack, decls, current, diffs, run_id=run_id)
+
+    def _refresh_one(self, state: State, r: Record, write: bool) -> Record | None:
+        """Read a recorded resource back; None if it is gone. ``write`` records what was read."""
+        read = self.provider(r.type).read(r.id, r.inputs, r.outputs)
+        if read is None:
+            self.reporter.message(f"{r.urn} no longer exists (drift)")
+            if write:
+                state.remove_resource(r.urn)
+            return None
+        inputs, outputs = (read.inputs, read.outputs) if isinstance(read, Read) else (r.inputs, read)
+        if inputs != r.inputs or outputs != r.outputs:
+            if inputs != r.inputs:
+                self.reporter.message(f"{r.urn} changed out of band")
+            r = dataclasses.replace(r, inputs=inputs, outputs=outputs)
+            if write:
+                state.put_resource(r)
+        return r
+
+    # ------------------------------------------------------------------ the operations
+    def preview(self, task, inputs: dict | None = None) -> Plan:
+        prep = self.prepare(task, inputs or {})
+        if not self.state_path.exists():
+            return make_plan(task.env.name, prep.decls, [], {}, run_id=prep.run_id)
+        state = self.open_state()
+        try:
+            return self._plan(state, task.env.name, prep.decls, prep.run_id)
+        finally:
+            state.close()
+
+    def run(self, task, *args: Any, **kwargs: Any) -> RunResult:
+        return self.execute(task, task.bind(*args, **kwargs))
+
+    def execute(self, task, inputs: dict, parent: context.TaskContext | None = None) -> RunResult:
+        prep = self.prepare(task, inputs)
+        stack = task.env.name
+        state = self.open_state()
+        try:
+            with self.lock(stack, f"up {task.name}"):
+                self.recover(state, stack)
+                return self._execute(state, prep, parent)
+        finally:
+            state.close()
+
+    def _execute(self, state: State, prep: Prepared, parent) -> RunResult:
+        task, run_id, stack = prep.task, prep.run_id, prep.dctx.stack
+        state.start_run(run_id, stack, task.name, prep.inputs, parent.run_id if parent else None)
+        status, error, result = "failed", None, None
+        t0 = time.monotonic()
+        try:
+            with contextlib.ExitStack() as around:
+                for cfg, plugin in prep.plugins:
+                    around.enter_context(plugin.running(cfg, prep.dctx))
+                plan = self._plan(state, stack, prep.decls, run_id)
+                self.reporter.plan(plan, "up")
+                results = self._applier(state, stack, run_id).apply(plan)
+                state.update_run(run_id, status="running")
+                outputs = {d.name: results[d.urn].outputs for d in prep.decls if d.urn in results}
+                result = self._run_body(prep, outputs, parent)
+                status = "succeeded"
+        except KeyboardInterrupt:
+            status, error = "interrupted", "interrupted (Ctrl-C)"
+            raise
+        except BaseException as e:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            # A second Ctrl-C while this runs leaves the run 'tearing_down' with open intents;
+            # the next command on the stack recovers them.
+            state.update_run(run_id, status="tearing_down")
+            try:
+                self._teardown(state, stack, run_id)
+            except BaseException as e:
+                # Left 'tearing_down' on purpose: the next command on the stack finishes it.
+                error = f"{error + '; ' if error else ''}teardown failed: {type(e).__name__}: {e}"
+                state.update_run(run_id, error=error)
+                raise
+            state.update_run(run_id, status=status, finished=time.time(), error=error,
+                             outputs=result if status == "succeeded" else None)
+            self.reporter.task_done(task.name, run_id, time.monotonic() - t0, None if status == "succeeded" else error)
+        return RunResult(result, state.run(run_id))
+
+    def _run_body(self, prep: Prepared, outputs: dict[str, dict], parent) -> Any:
+        task, dctx = prep.task, prep.dctx
+        env_vars = {**task.env.env_vars, **prep.secret_env}
+        tc = context.TaskContext(run_id=prep.run_id, stack=dctx.stack, task=task.name, env=task.env,
+                                 session=self, outputs=outputs)
+        attachments: list[Attachment] = [plugin.attach(cfg, outputs, dctx) for cfg, plugin in prep.plugins]
+        for a in attachments:
+            env_vars.update(a.env_vars)
+            tc.data.update(a.data)
+        saved = {k: os.environ.get(k) for k in env_vars}
+        token = context.enter(tc)
+        self.reporter.task_start(task.name, prep.run_id)
+        try:
+            os.environ.update(env_vars)
+            with contextlib.ExitStack() as stack:
+                for a in attachments:
+                    for cm in a.contexts:
+                        stack.enter_context(cm())
+                call = lambda: task.call_body(prep.inputs)  # noqa: E731
+                for cfg, plugin in reversed(prep.plugins):
+                    call = (lambda c=call, p=plugin, g=cfg: p.execute(g, c, dctx))
+                return call()
+        finally:
+            context.leave(token)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _teardown(self, state: State, stack: str, run_id: str) -> None:
+        mine = [r for r in state.resources(stack) if r.ephemeral and r.run_id == run_id]
+        if mine:
+            plan = deletion_plan(stack, mine)
+            self.reporter.plan(plan, "teardown")
+            self._applier(state, stack, run_id).apply(plan)
+        kept = [r.urn for r in state.resources(stack) if not r.ephemeral]
+        if kept:
+            state.touch(kept)
+            spawn_reaper(self.state_path, stack)
+
+    def destroy(self, stack: str) -> Plan:
+        state = self.open_state()
+        try:
+            with self.lock(stack, "destroy"):
+                self.recover(state, stack)
+                plan = deletion_plan(stack, state.resources(stack))
+                self.reporter.plan(plan, "destroy")
+                if plan.steps:
+                    run_id = new_run_id()
+                    state.start_run(run_id, stack, "destroy", kind="destroy", status="tearing_down")
+                    try:
+                        self._applier(state, stack, run_id, reason="destroy").apply(plan)
+                    except BaseException as e:
+                        state.update_run(run_id, status="failed", finished=time.time(), error=str(e))
+                        raise
+                    state.update_run(run_id, status="succeeded", finished=time.time())
+                return plan
+        finally:
+            state.close()
+
+    def refresh(self, stack: str) -> list[Record]:
+        state = self.open_state()
+        try:
+            with self.lock(stack, "refresh"):
+                self.recover(state, stack)
+                out = []
+                for r in state.resources(stack):
+                    r2 = self._refresh_one(state, r, write=True)
+                    if r2 is not None:
+                        out.append(r2)
+                return out
+        finally:
+            state.close()
+
+
+def spawn_reaper(state_path: Path, stack: str) -> None:
+    """A detached process that destroys the stack's reusable resources once idle past their TTL."""
+    subprocess.Popen(
+        [sys.executable, "-m", "engine.reaper", str(Path(state_path).resolve()), stack],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True, cwd=os.getcwd(),
+    )
+
+
+_default_session: Session | None = None
+
+
+def with_runcontext(**settings: Any) -> Session:
+    """``engine.with_runcontext(state=..., backend=...).run(task, **inputs)``, as in Flyte 2."""
+    return Session(**settings)
+
+
+def run(task, *args: Any, **kwargs: Any) -> RunResult:
+    """Run a task with its environment's resources; returns (outputs, run record)."""
+    return Session().run(task, *args, **kwargs)
+
+
+def preview(task, **inputs: Any) -> Plan:
+    return Session().preview(task, inputs)
+
+
+def call_task(task, inputs: dict) -> Any:
+    """A task called like a function: inside a run of the same environment it reuses that
+    run's resources; anywhere else it starts a (child) run with its own."""
+    import asyncio
+
+    tc = context.ctx()
+    if tc is not None and tc.env is task.env:
+        return task.fn(**inputs)
+    session = tc.session if tc is not None else Session()
+    if task.is_async:
+        async def _run():
+            return (await asyncio.to_thread(session.execute, task, inputs, tc)).outputs
+        return _run()
+    return session.execute(task, inputs, tc).outputs

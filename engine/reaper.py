@@ -1,0 +1,56 @@
+"""``python -m engine.reaper STATE STACK``: destroys a stack's reusable resources once they
+have been idle past their ``idle_ttl``, with nobody running a command.
+
+One reaper per stack (a file lock says which); it sleeps until the earliest expiry, takes the
+stack lock (a run in progress is using the resources: it tries again later), lets recovery
+reap what expired, and exits once the stack holds no reusable resource.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import LockHeld
+from .lifecycle import Session
+from .lock import lock_dir
+
+MAX_LIFETIME = 7 * 24 * 3600.0
+
+
+def main(state_path: str, stack: str) -> int:
+    session = Session(state=state_path)
+    guard = lock_dir(Path(state_path)) / f"{stack}.reaper"
+    guard.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another reaper watches this stack
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    started = time.time()
+    while time.time() - started < MAX_LIFETIME:
+        state = session.open_state()
+        try:
+            kept = [r for r in state.resources(stack) if not r.ephemeral and r.idle_ttl]
+            if not kept:
+                return 0
+            due = min((r.last_used or r.created or 0) + r.idle_ttl for r in kept)
+            if due <= time.time():
+                try:
+                    with session.lock(stack, "reap idle resources"):
+                        session.recover(state, stack)
+                except LockHeld:
+                    pass  # a run is using them; its end resets the clock
+        finally:
+            state.close()
+        time.sleep(min(max(due - time.time(), 0.2), 30.0))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

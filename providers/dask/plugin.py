@@ -1,0 +1,62 @@
+"""The Dask plugin: declares a cluster from a ``Dask`` config and points the task at it."""
+
+from __future__ import annotations
+
+import contextlib
+
+from engine.extend import Attachment, ConfigError, DeclareContext, TaskPlugin, TaskPluginRegistry
+
+from .config import Dask
+
+
+def _resources(r) -> dict:
+    return r.to_dict() if r is not None else {}
+
+
+class DaskPlugin(TaskPlugin):
+    def declare(self, config: Dask, ctx: DeclareContext):
+        if ctx.backend != "local":
+            raise ConfigError(f"the {ctx.backend} backend is not available for Dask yet", "backend")
+        w = config.workers
+        inputs = {
+            "scheduler": {"image": config.scheduler.image, "resources": _resources(config.scheduler.resources)},
+            "workers": {
+                "number_of_workers": w.number_of_workers,
+                "image": w.image,
+                "resources": _resources(w.resources),
+                "nthreads": w.resources.threads() if w.resources else 1,
+                "memory_limit": w.resources.memory_bytes() if w.resources else None,
+            },
+        }
+        return [ctx.declaration("local:dask:Cluster", "cluster", inputs)]
+
+    def attach(self, config: Dask, outputs: dict[str, dict], ctx: DeclareContext) -> Attachment:
+        address = outputs["cluster"]["scheduler_address"]
+
+        return Attachment(env_vars={"DASK_SCHEDULER_ADDRESS": address},
+                          data={"dask_scheduler_address": address}, contexts=[lambda: _connected_to(address)])
+
+
+@contextlib.contextmanager
+def _connected_to(address: str):
+    """dask reads DASK_* variables once, at import: a process that imported dask before the
+    run needs the address in its live config too. Clients the task left open on this
+    cluster are closed before it is torn down, so they do not retry a dead scheduler."""
+    import dask
+    from distributed import Client
+
+    with dask.config.set({"scheduler-address": address}):
+        try:
+            yield
+        finally:
+            for _ in range(32):
+                try:
+                    client = Client.current(allow_global=True)
+                except ValueError:
+                    break
+                if client.scheduler is None or client.scheduler.address != address:
+                    break
+                client.close()
+
+
+TaskPluginRegistry.register(Dask, DaskPlugin())
