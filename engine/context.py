@@ -19,6 +19,9 @@ class TaskContext:
     session: Any
     data: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, dict] = field(default_factory=dict)
+    # The body and its inputs, for launcher plugins that run it in other processes (torch elastic).
+    fn: Any = None
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("engine_task_context", default=None)

@@ -255,7 +255,7 @@ class Session:
         task, dctx = prep.task, prep.dctx
         env_vars = {**task.env.env_vars, **prep.secret_env}
         tc = context.TaskContext(run_id=prep.run_id, stack=dctx.stack, task=task.name, env=task.env,
-                                 session=self, outputs=outputs)
+                                 session=self, outputs=outputs, fn=task.fn, inputs=prep.inputs)
         attachments: list[Attachment] = [plugin.attach(cfg, outputs, dctx) for cfg, plugin in prep.plugins]
         for a in attachments:
             env_vars.update(a.env_vars)

@@ -128,4 +128,7 @@ class CollectingReporter(Reporter):
     def step_done(self, result) -> None:
         entry = step_json(result.step)
         entry["elapsed"] = round(result.elapsed, 3)
+        if result.record is not None and result.step.op != "delete":
+            entry["id"] = result.record.id
+            entry["outputs"] = result.record.outputs
         self.phases.setdefault(self._phase, []).append(entry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import math
@@ -12,7 +13,7 @@ from typing import Any, Callable, Optional, Union
 
 import pydantic
 from pydantic import ConfigDict, field_validator
-from pydantic.dataclasses import dataclass as pdataclass
+from pydantic.dataclasses import dataclass as pdataclass, is_pydantic_dataclass
 
 from .errors import ConfigError
 from .lock import check_stack_name
@@ -126,9 +127,19 @@ def config_error(e: pydantic.ValidationError, root: str = "") -> ConfigError:
     err = e.errors()[0]
     path = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
     field = ".".join(p for p in (root, path) if p)
-    title = getattr(e, "title", "")
     more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return ConfigError(f"{err['msg']}{more} [{title}]", field or None)
+    return ConfigError(f"{err['msg']}{more}", field or None)
+
+
+def validate_config(config: Any, root: str = "plugin_config") -> None:
+    """Validate a plugin config written as plain dataclasses (Flyte's style) as one tree, so an
+    error names the whole path: ``plugin_config.workers.number_of_workers``. Constraints are
+    ``Annotated[int, Field(ge=1)]`` on the fields; pydantic models validated themselves."""
+    if dataclasses.is_dataclass(config) and not is_pydantic_dataclass(type(config)):
+        try:
+            pydantic.TypeAdapter(type(config)).validate_python(dataclasses.asdict(config))
+        except pydantic.ValidationError as e:
+            raise config_error(e, root) from None
 
 
 def _validate(cls, value, field):
@@ -161,6 +172,9 @@ class TaskEnvironment:
             secrets = [secrets]
         self.secrets = [Secret(key=s) if isinstance(s, str) else s for s in (secrets or [])]
         self.plugin_config = plugin_config
+        configs = self.plugin_configs
+        for i, cfg in enumerate(configs):
+            validate_config(cfg, "plugin_config" + (f"[{i}]" if len(configs) > 1 else ""))
         self.reusable = _validate(ReusePolicy, reusable, "reusable")
         if backend is not None and backend not in ("local", "kubernetes"):
             raise ConfigError(f"unknown backend {backend!r} (local, kubernetes)", "backend")

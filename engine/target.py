@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ def load_module(spec: str):
         if not path.is_file():
             raise TargetError(f"no such file: {spec}", "TARGET")
         name = path.stem if path.stem.isidentifier() else "engine_target"
-        _importable_from(path.resolve().parent)
+        sys.path.insert(0, str(path.resolve().parent))
         mspec = importlib.util.spec_from_file_location(name, path.resolve())
         module = importlib.util.module_from_spec(mspec)
         sys.modules[name] = module
@@ -36,21 +35,12 @@ def load_module(spec: str):
     return _exec(lambda: importlib.import_module(spec), spec)
 
 
-def _importable_from(folder: Path) -> None:
-    """The target's folder goes on this process's path and on PYTHONPATH, so the processes a
-    run starts (cluster workers) import the user's module by name, as the engine did."""
-    sys.path.insert(0, str(folder))
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if str(folder) not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *parts])
-
-
 def _exec(fn, spec: str):
     """Run the user's module; a config it builds that fails validation is bad input (exit 2)."""
     try:
         return fn()
     except pydantic.ValidationError as e:
-        raise config_error(e, "plugin_config") from None
+        raise config_error(e, e.title) from None  # built inside the module: name the class
     except ConfigError:
         raise
     except Exception as e:

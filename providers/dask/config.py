@@ -1,31 +1,33 @@
-"""The Dask plugin's configuration, with the fields of Flyte 2's ``flyteintegrations.dask``."""
+"""The Dask plugin's configuration: Flyte 2's ``flyteintegrations.dask`` dataclasses.
+
+Plain dataclasses, as in Flyte; the constraints ride on the annotations and the engine
+validates the whole tree when an environment takes it, so errors name the full path.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Annotated, Optional
 
-from pydantic import ConfigDict, Field
-from pydantic.dataclasses import dataclass
+from pydantic import Field
 
 from engine import Resources
 
-_STRICT = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-
-@dataclass(config=_STRICT)
+@dataclass
 class Scheduler:
     image: Optional[str] = None
     resources: Optional[Resources] = None
 
 
-@dataclass(config=_STRICT)
+@dataclass
 class WorkerGroup:
-    number_of_workers: int = Field(default=1, ge=1)
+    number_of_workers: Annotated[int, Field(ge=1, strict=True)] = 1
     image: Optional[str] = None
     resources: Optional[Resources] = None
 
 
-@dataclass(config=_STRICT)
+@dataclass
 class Dask:
-    scheduler: Scheduler = Field(default_factory=Scheduler)
-    workers: WorkerGroup = Field(default_factory=WorkerGroup)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    workers: WorkerGroup = field(default_factory=WorkerGroup)

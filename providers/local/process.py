@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ class ProcessRecord:
 def spawn(cmd: list[str], tag: str, log_path: Path, env: dict[str, str] | None = None,
           cwd: str | os.PathLike | None = None) -> ProcessRecord:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **(env or {}), TAG_VAR: tag}
+    full_env = {**os.environ, "PYTHONPATH": engine_path(), **(env or {}), TAG_VAR: tag}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=full_env, cwd=cwd, start_new_session=True, close_fds=True)
@@ -55,6 +56,17 @@ def spawn(cmd: list[str], tag: str, log_path: Path, env: dict[str, str] | None =
     except psutil.Error:
         ct = 0.0
     return ProcessRecord(proc.pid, ct)
+
+
+def engine_path() -> str:
+    """This process's import path as PYTHONPATH: a local cluster's workers import the user's
+    modules by name (how dask and ray ship functions), exactly as the engine found them."""
+    seen: list[str] = []
+    for p in sys.path:
+        p = os.path.abspath(p or os.getcwd())
+        if p not in seen and os.path.isdir(p):
+            seen.append(p)
+    return os.pathsep.join(seen)
 
 
 def find_tagged(tag: str, prefix: bool = False) -> list[psutil.Process]:

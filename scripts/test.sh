@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (all extras, then system services they start) and runs
+# the whole suite, slow cases included. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh all,test
+command -v java >/dev/null || { echo "installing Java for Spark" >&2; apt-get update -q && apt-get install -y -q default-jre-headless; }
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,143 @@
+"""Shared fixtures: a private state file per test, the real `engine` CLI in a subprocess, and
+a guard that no process a test started outlives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from providers.local.process import TAG_VAR
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = Path(__file__).resolve().parent / "tasks"
+EXAMPLES = ROOT / "examples"
+
+
+def wait_for(check, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def processes_under(folder: Path) -> list[psutil.Process]:
+    """Live local-backend processes (tagged) whose working directory lies under ``folder``."""
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            env = p.environ()
+            if TAG_VAR in env and p.cwd().startswith(str(folder)):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+class Engine:
+    """Runs the `engine` CLI against this test's own state file."""
+
+    def __init__(self, cwd: Path):
+        self.cwd = cwd
+        self.state = cwd / ".engine" / "state.db"
+        self.env = {**os.environ, "ENGINE_STATE": str(self.state), "PYTHONUNBUFFERED": "1"}
+        self.env.pop("TASKRIG_FAULT_PAUSE", None)
+        self.spawned: list[subprocess.Popen] = []
+
+    def __call__(self, *args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=self.cwd, capture_output=True,
+                              text=True, timeout=timeout, env={**self.env, **(env or {})})
+
+    def json(self, *args: str, **kw):
+        r = self(*args, "--json", **kw)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def spawn(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        """An engine in its own process group, killed (whole group) at the test's end."""
+        p = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=self.cwd, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**self.env, **(env or {})},
+                             start_new_session=True)
+        self.spawned.append(p)
+        return p
+
+    def runs(self) -> list[dict]:
+        return self.json("runs")
+
+    def resources(self) -> list[dict]:
+        return self.json("state", "list")
+
+    def journal_open(self, op: str | None = None) -> list[dict]:
+        import sqlite3
+
+        if not self.state.exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.state}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute("select op, urn, name from journal where status='open'").fetchall()
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+        return [r for r in rows if op is None or r[0] == op]
+
+    def run_status(self) -> list[str]:
+        import sqlite3
+
+        if not self.state.exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.state}?mode=ro", uri=True, timeout=5)
+        try:
+            return [r[0] for r in conn.execute("select status from runs order by started")]
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def engine(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ENGINE_STATE", str(tmp_path / ".engine" / "state.db"))
+    eng = Engine(tmp_path)
+    yield eng
+    for p in eng.spawned:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=10)
+    leftovers = processes_under(tmp_path)
+    for p in leftovers:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            p.kill()
+    _kill_reapers(tmp_path)
+    assert not leftovers, f"processes outlived the test: {[p.cmdline()[:4] for p in leftovers]}"
+
+
+def _kill_reapers(folder: Path) -> None:
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            if "engine.reaper" in cmd and any(str(folder) in c for c in cmd):
+                p.kill()
+        except psutil.Error:
+            pass
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
