@@ -20,8 +20,9 @@ from .render import CollectingReporter, ConsoleReporter, iso, plan_json, print_p
 from .report import Reporter
 from .state import State, default_path
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (a log, a pipeline) gets wide lines instead of the 80 columns rich assumes.
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _emit_json(doc) -> None:
@@ -265,13 +266,10 @@ def main(argv=None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(2)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
     except EngineError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort
         err.print("[yellow]interrupted; the run was torn down[/yellow]")
         sys.exit(130)
     except Exception:

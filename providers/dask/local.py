@@ -144,11 +144,11 @@ class LocalDaskCluster(Provider):
             pass
 
     def delete(self, id: str, inputs: dict, outputs: dict | None) -> None:
-        records = []
-        if outputs and "scheduler" in outputs:
-            records = [ProcessRecord.from_dict(outputs["scheduler"])] + \
-                      [ProcessRecord.from_dict(r) for r in outputs.get("workers", {}).values()]
-        terminate(tag=id, records=records)
+        # Workers first, while their scheduler still answers: a worker whose scheduler vanished
+        # first can sit in its reconnect loop past SIGTERM until the SIGKILL deadline.
+        if outputs and "workers" in outputs:
+            terminate(records=[ProcessRecord.from_dict(r) for r in outputs["workers"].values()], timeout=5)
+        terminate(tag=id, timeout=5)
         shutil.rmtree(self._dir(id), ignore_errors=True)
 
 
