@@ -41,6 +41,9 @@ def test_reuse_scale_in_place_and_destroy(engine, tmp_path):
     [rec] = engine.resources()
     assert rec["run_id"] is None  # reusable: owned by the stack, not by the run
     sched_pid = rec["outputs"]["scheduler"]["pid"]
+    shown = engine.json("state", "show", rec["urn"])
+    assert shown["inputs"]["workers"]["number_of_workers"] == 2 and shown["idle_ttl"] == 300
+    assert shown["ephemeral"] is False
 
     plan = _preview(engine, 2)
     assert plan["summary"]["same"] == 1 and plan["summary"]["create"] == 0
