@@ -66,16 +66,23 @@ backend_option = click.option("--backend", type=click.Choice(["local", "kubernet
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
 @state_option
 def preview(target, inputs, backend, as_json, detailed_exitcode, state_path):
-    """Show what `up TARGET` would provision, change and delete."""
-    from .target import load_target, parse_inputs
+    """Show what `up TARGET` would provision, change and delete.
 
-    task = load_target(target)
+    TARGET is FILE.py:TASK, MODULE:TASK, or a Pulumi project folder (run in-process)."""
+    from .target import is_program, load_target, parse_inputs
+
     session = _session(state_path, backend)
-    plan = session.preview(task, parse_inputs(inputs))
+    if is_program(target):
+        plan = session.preview_program(target)
+        title = f"Preview of stack {plan.stack} (Pulumi program {target}):"
+    else:
+        task = load_target(target)
+        plan = session.preview(task, parse_inputs(inputs))
+        title = f"Preview of stack {plan.stack} (task {task.name}):"
     if as_json:
         _emit_json(plan_json(plan))
     else:
-        print_plan(out, plan, f"Preview of stack {plan.stack} (task {task.name}):")
+        print_plan(out, plan, title)
     if detailed_exitcode and plan.has_changes:
         sys.exit(2)
 
@@ -89,9 +96,13 @@ def preview(target, inputs, backend, as_json, detailed_exitcode, state_path):
               help="Seconds to wait for the stack's lock before exiting 3.")
 @state_option
 def up(target, inputs, backend, as_json, lock_timeout, state_path):
-    """Plan, provision, run TARGET, tear down; prints the task's result."""
-    from .target import load_target, parse_inputs
+    """Plan, provision, run TARGET, tear down; prints the task's result.
 
+    A Pulumi project folder as TARGET is planned and applied, and its resources stay."""
+    from .target import is_program, load_target, parse_inputs
+
+    if is_program(target):
+        return _up_program(target, as_json, lock_timeout, state_path)
     task = load_target(target)
     values = parse_inputs(inputs)
     reporter = CollectingReporter() if as_json else ConsoleReporter(err)
@@ -106,6 +117,18 @@ def up(target, inputs, backend, as_json, lock_timeout, state_path):
         _emit_json(_up_doc(task, reporter, result, None))
     else:
         out.print(f"[bold]Result:[/bold] {escape(json.dumps(result.outputs, default=repr))}")
+
+
+def _up_program(target, as_json, lock_timeout, state_path) -> None:
+    reporter = CollectingReporter() if as_json else ConsoleReporter(err)
+    session = _session(state_path, None, lock_timeout, reporter)
+    plan, run = session.up_program(target)
+    if as_json:
+        _emit_json({**plan_json(plan), "run_id": run["run_id"], "status": run["status"],
+                    "applied": reporter.phases.get("up", [])})
+    else:
+        out.print(summary_line(plan).replace("to create", "created").replace("to update", "updated")
+                  .replace("to replace", "replaced").replace("to delete", "deleted"))
 
 
 def _up_doc(task, reporter: CollectingReporter, result, error) -> dict:

@@ -292,6 +292,47 @@ class Session:
             state.touch(kept)
             spawn_reaper(self.state_path, stack)
 
+    # ------------------------------------------------------------------ Pulumi programs
+    def program_declarations(self, target: str, stack: str | None = None):
+        from .program import declarations, find_project
+
+        project = find_project(target, stack)
+        decls = declarations(project)
+        for d in decls:
+            d.inputs = self.provider(d.type).check(d.inputs)
+        return project, decls
+
+    def preview_program(self, target: str, stack: str | None = None) -> Plan:
+        project, decls = self.program_declarations(target, stack)
+        if not self.state_path.exists():
+            return make_plan(project.name, decls, [], {})
+        state = self.open_state()
+        try:
+            return self._plan(state, project.name, decls, None)
+        finally:
+            state.close()
+
+    def up_program(self, target: str, stack: str | None = None) -> tuple[Plan, dict]:
+        """Plan and apply a Pulumi program's resources; they persist (no teardown)."""
+        project, decls = self.program_declarations(target, stack)
+        state = self.open_state()
+        try:
+            with self.lock(project.name, f"up {target}"):
+                self.recover(state, project.name)
+                run_id = new_run_id()
+                state.start_run(run_id, project.name, f"program {project.program}", kind="program")
+                try:
+                    plan = self._plan(state, project.name, decls, run_id)
+                    self.reporter.plan(plan, "up")
+                    self._applier(state, project.name, run_id).apply(plan)
+                except BaseException as e:
+                    state.update_run(run_id, status="failed", finished=time.time(), error=f"{type(e).__name__}: {e}")
+                    raise
+                state.update_run(run_id, status="succeeded", finished=time.time())
+                return plan, state.run(run_id)
+        finally:
+            state.close()
+
     def destroy(self, stack: str) -> Plan:
         state = self.open_state()
         try:

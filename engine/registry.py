@@ -61,9 +61,11 @@ class ProviderRegistry:
 
     @classmethod
     def find(cls, token: str) -> type | None:
+        """The provider of ``token``; a provider registered as ``package:*`` serves every type
+        of that package that none registered exactly (``kubernetes:*`` for any kind)."""
         if token not in cls._providers:
             cls.load_entry_points()
-        return cls._providers.get(token)
+        return cls._providers.get(token) or cls._providers.get(token.split(":", 1)[0] + ":*")
 
     @classmethod
     def tokens(cls) -> list[str]:

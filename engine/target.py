@@ -57,6 +57,12 @@ def _pickle_by_value(module) -> None:
     cloudpickle.register_pickle_by_value(module)
 
 
+def is_program(target: str) -> bool:
+    """A folder (or its Pulumi.yaml) names a Pulumi program rather than a task."""
+    p = Path(target)
+    return ":" not in target and (p.is_dir() or p.name in ("Pulumi.yaml", "Pulumi.yml"))
+
+
 def load_target(target: str) -> Task:
     if ":" not in target:
         raise TargetError(f"{target!r} is not FILE.py:TASK or MODULE:TASK", "TARGET")
