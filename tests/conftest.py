@@ -141,3 +141,7 @@ def _kill_reapers(folder: Path) -> None:
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# The real kube-apiserver fixtures live in k8s_fixture.py; imported here once, so every test
+# module shares one server per session.
+from k8s_fixture import k8s, k8s_api, kengine  # noqa: E402,F401

@@ -1,0 +1,49 @@
+"""Dask tasks on the kubernetes backend. Nothing runs in the test cluster (no kubelet), so the
+bodies only report what they were attached to; they never connect."""
+
+import os
+import time
+from pathlib import Path
+
+import engine
+from providers.dask import Dask, Scheduler, WorkerGroup
+
+env = engine.TaskEnvironment(name="k8s_dask", plugin_config=Dask(workers=WorkerGroup(number_of_workers=2)),
+                             backend="kubernetes", image="ghcr.io/dask/dask:2025.4.1",
+                             resources=engine.Resources(cpu=1, memory="1Gi"))
+
+# Reusable, sized from the environment so a test can change the config between runs.
+reuse = engine.TaskEnvironment(
+    name="k8s_reuse",
+    plugin_config=Dask(scheduler=Scheduler(image=os.environ.get("K8S_T_SCHED_IMAGE") or None),
+                       workers=WorkerGroup(number_of_workers=int(os.environ.get("K8S_T_WORKERS", "2")))),
+    backend="kubernetes", reusable=engine.ReusePolicy(idle_ttl=600))
+
+
+@env.task
+def addr() -> str:
+    return os.environ["DASK_SCHEDULER_ADDRESS"]
+
+
+@env.task
+def slow(seconds: float = 60.0, marker: str = "") -> str:
+    if marker:
+        Path(marker).write_text(os.environ["DASK_SCHEDULER_ADDRESS"])
+    time.sleep(seconds)
+    return "done"
+
+
+@reuse.task
+def reuse_addr() -> str:
+    return os.environ["DASK_SCHEDULER_ADDRESS"]
+
+
+from providers.pytorch import Elastic  # noqa: E402
+
+pt = engine.TaskEnvironment(name="k8s_pt", plugin_config=Elastic(nnodes="1:2", nproc_per_node=2), backend="kubernetes")
+
+
+@pt.task
+def rdzv() -> str:
+    """In-process on this backend (the job's pods run the image's code); sees the endpoint."""
+    return os.environ["PET_RDZV_ENDPOINT"]

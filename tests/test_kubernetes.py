@@ -1,0 +1,270 @@
+"""The kubernetes backend against a real API server (``shared/k8s/apiserver``): apply, the
+readiness wait, update in place versus replace, delete and NotFound, drift, the orphan sweep
+after a ``kill -9``, and clear errors for an unreachable cluster or a missing CRD.
+
+No operators run there: the tests patch the status an operator would write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from conftest import TASKS, wait_for
+from k8s_fixture import FakeOperator, objects, patch_status, wait_objects  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+TARGET = f"{TASKS}/k8s_tasks.py"
+
+
+def _plan(engine, *args, env=None):
+    r = engine("preview", *args, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_up_applies_waits_for_status_and_deletes(kengine, k8s):
+    """engine up creates the DaskCluster, waits for the status the test patches in (the
+    object has no status subresource), runs the task, and deletes the object at teardown."""
+    p = kengine.spawn("up", f"{TARGET}:addr", "--json")
+    (obj,) = wait_objects(k8s, "DaskCluster", "k8s_dask")
+    meta = obj["metadata"]
+    assert meta["namespace"] == k8s.namespace
+    assert meta["labels"]["taskrig/stack"] == "k8s_dask" and meta["labels"]["taskrig/task"] == "k8s_dask.addr"
+    assert meta["labels"]["taskrig/run-id"].startswith("r")
+    assert any(f["manager"] == "taskrig" and f["operation"] == "Apply" for f in meta["managedFields"])
+    assert obj["spec"]["worker"]["replicas"] == 2 and obj["spec"]["idleTimeout"] == 3600
+    assert obj["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+    time.sleep(1.0)
+    assert p.poll() is None, "engine up must wait for readiness"
+    patch_status(k8s, "DaskCluster", meta["namespace"], meta["name"], {"phase": "Running"})
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["outputs"] == f"tcp://{meta['name']}-scheduler.{k8s.namespace}.svc.cluster.local:8786"
+    assert doc["teardown"][0]["op"] == "delete"
+    assert objects(k8s, "DaskCluster", "k8s_dask") == []
+    assert kengine.resources() == [] and kengine.journal_open() == []
+
+
+def test_pytorch_job_up(kengine, k8s):
+    """A PyTorchJob (status subresource): ready from its Running condition, the body gets
+    the rendezvous endpoint, the job goes at teardown."""
+    with FakeOperator(k8s, "PyTorchJob", "k8s_pt") as op:
+        r = kengine("up", f"{TARGET}:rdzv", "--json")
+    assert r.returncode == 0, r.stderr
+    (name,) = op.patched
+    assert json.loads(r.stdout)["outputs"] == f"{name}-worker-0.{k8s.namespace}.svc.cluster.local:29400"
+    assert objects(k8s, "PyTorchJob", "k8s_pt") == []
+
+
+def test_second_run_no_changes_then_update_in_place_then_replace(kengine, k8s):
+    """A reusable cluster: the second run plans no change; more workers is an in-place update
+    (same object, new replicas); a new scheduler image is a replacement (a new object)."""
+    with FakeOperator(k8s, "DaskCluster", "k8s_reuse"):
+        r = kengine("up", f"{TARGET}:reuse_addr")
+        assert r.returncode == 0, r.stderr
+        (first,) = objects(k8s, "DaskCluster", "k8s_reuse")
+
+        plan = _plan(kengine, f"{TARGET}:reuse_addr")
+        assert [s["op"] for s in plan["steps"]] == ["same"], plan
+        r = kengine("preview", f"{TARGET}:reuse_addr", "--detailed-exitcode")
+        assert r.returncode == 0, r.stderr
+        r = kengine("up", f"{TARGET}:reuse_addr", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["summary"]["same"] == 1
+
+        more = {"K8S_T_WORKERS": "3"}
+        plan = _plan(kengine, f"{TARGET}:reuse_addr", env=more)
+        (step,) = plan["steps"]
+        assert step["op"] == "update" and step["diff"] == {"spec.worker.replicas": {"old": 2, "new": 3}}
+        r = kengine("up", f"{TARGET}:reuse_addr", env=more)
+        assert r.returncode == 0, r.stderr
+        (now,) = objects(k8s, "DaskCluster", "k8s_reuse")
+        assert now["metadata"]["uid"] == first["metadata"]["uid"] and now["spec"]["worker"]["replicas"] == 3
+
+        new_image = {**more, "K8S_T_SCHED_IMAGE": "ghcr.io/dask/dask:2025.4.1"}
+        plan = _plan(kengine, f"{TARGET}:reuse_addr", env=new_image)
+        (step,) = plan["steps"]
+        assert step["op"] == "replace" and step["replace_keys"] == ["spec.scheduler.spec.containers"], step
+        r = kengine("up", f"{TARGET}:reuse_addr", env=new_image)
+        assert r.returncode == 0, r.stderr
+        (replaced,) = objects(k8s, "DaskCluster", "k8s_reuse")
+        assert replaced["metadata"]["uid"] != first["metadata"]["uid"]
+        assert replaced["metadata"]["name"] == first["metadata"]["name"]
+
+    r = kengine("destroy", "k8s_reuse")
+    assert r.returncode == 0, r.stderr
+    assert objects(k8s, "DaskCluster", "k8s_reuse") == [] and kengine.resources() == []
+
+
+def test_drift_changed_and_deleted_out_of_band(kengine, k8s):
+    """refresh notices a field we declare changed by someone else (and the next plan puts it
+    back), and an object deleted out of band (dropped from the state; the next plan creates)."""
+    with FakeOperator(k8s, "DaskCluster", "k8s_reuse"):
+        assert kengine("up", f"{TARGET}:reuse_addr").returncode == 0
+        (obj,) = objects(k8s, "DaskCluster", "k8s_reuse")
+        c, meta = k8s.cluster(), obj["metadata"]
+        c._call("scale", c.api.patch_namespaced_custom_object, "kubernetes.dask.org", "v1", meta["namespace"],
+                "daskclusters", meta["name"], {"spec": {"worker": {"replicas": 7}}},
+                _content_type="application/merge-patch+json")
+        r = kengine("refresh", "k8s_reuse")
+        assert r.returncode == 0 and "changed out of band" in r.stderr, r.stderr
+        (step,) = _plan(kengine, f"{TARGET}:reuse_addr")["steps"]
+        assert step["op"] == "update" and step["diff"] == {"spec.worker.replicas": {"old": 7, "new": 2}}
+        assert kengine("up", f"{TARGET}:reuse_addr").returncode == 0
+        assert objects(k8s, "DaskCluster", "k8s_reuse")[0]["spec"]["worker"]["replicas"] == 2
+
+        c.delete("kubernetes.dask.org", "v1", "daskclusters", meta["namespace"], meta["name"])
+        r = kengine("refresh", "k8s_reuse")
+        assert r.returncode == 0 and "no longer exists (drift)" in r.stderr, r.stderr
+        assert kengine.resources() == []
+        assert [s["op"] for s in _plan(kengine, f"{TARGET}:reuse_addr")["steps"]] == ["create"]
+
+
+def _kill_while_provisioning(kengine, k8s, tmp_path):
+    """engine up, killed -9 while it waits for the cluster to become ready (nobody patches)."""
+    p = kengine.spawn("up", f"{TARGET}:addr")
+    (obj,) = wait_objects(k8s, "DaskCluster", "k8s_dask")
+    wait_for(lambda: kengine.journal_open("create"), 30, what="the create intent")
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    assert kengine.run_status() == ["provisioning"]
+    return obj
+
+
+def test_kill9_during_provisioning_is_recovered(kengine, k8s, tmp_path):
+    """The journal's open create intent: the next command reads the object back by its name
+    and deletes it; the dead run is marked crashed."""
+    _kill_while_provisioning(kengine, k8s, tmp_path)
+    r = kengine("destroy", "k8s_dask")
+    assert r.returncode == 0, r.stderr
+    assert "half-created by the dead run" in r.stderr, r.stderr
+    assert objects(k8s, "DaskCluster", "k8s_dask") == []
+    assert kengine.runs()[0]["status"] == "crashed" and kengine.journal_open() == []
+
+
+def test_orphan_sweep_by_label(kengine, k8s, tmp_path):
+    """With the intent lost too (closed by hand, as if the journal row never made it), only
+    the labels remember: the sweep deletes the dead run's object, and leaves alone an object
+    of the same stack made by a run this state does not know (another engine's)."""
+    obj = _kill_while_provisioning(kengine, k8s, tmp_path)
+    conn = sqlite3.connect(kengine.state)
+    conn.execute("update journal set status='failed' where status='open'")
+    conn.commit()
+    conn.close()
+    foreign = json.loads(json.dumps(obj))
+    foreign["metadata"] = {"name": "someone-elses", "namespace": k8s.namespace,
+                           "labels": {**obj["metadata"]["labels"], "taskrig/run-id": "r1999"}}
+    c = k8s.cluster()
+    c.apply("kubernetes.dask.org", "v1", "daskclusters", k8s.namespace, "someone-elses", foreign)
+
+    r = kengine("refresh", "k8s_dask")
+    assert r.returncode == 0, r.stderr
+    assert "deleted the orphan" in r.stderr and obj["metadata"]["name"] in r.stderr, r.stderr
+    assert [o["metadata"]["name"] for o in objects(k8s, "DaskCluster", "k8s_dask")] == ["someone-elses"]
+    assert kengine.runs()[0]["status"] == "crashed"
+    c.delete("kubernetes.dask.org", "v1", "daskclusters", k8s.namespace, "someone-elses")
+
+
+def test_unreachable_cluster_is_a_clear_error(kengine, k8s, tmp_path):
+    """A cluster nobody answers for: exit 1 within seconds, naming the API URL; the state
+    records the failed run and no resource."""
+    cfg = tmp_path / "dead.kubeconfig"
+    text = open(k8s.kubeconfig).read()
+    cfg.write_text(text.replace(k8s.url, "https://127.0.0.1:1"))
+    t0 = time.monotonic()
+    r = kengine("up", f"{TARGET}:addr", env={"KUBECONFIG": str(cfg)})
+    assert r.returncode == 1, r.stderr
+    assert time.monotonic() - t0 < 60
+    assert "cannot reach the Kubernetes API at https://127.0.0.1:1" in r.stderr, r.stderr
+    assert kengine.resources() == []
+
+    # A routable-nowhere address: the connect timeout bounds it.
+    cfg.write_text(text.replace(k8s.url, "https://10.255.255.1:6443"))
+    t0 = time.monotonic()
+    r = kengine("up", f"{TARGET}:addr", env={"KUBECONFIG": str(cfg), "ENGINE_K8S_CONNECT_TIMEOUT": "1"})
+    assert r.returncode == 1, r.stderr
+    assert time.monotonic() - t0 < 45
+    assert "https://10.255.255.1:6443" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- the provider, called directly
+def _provider(kind):
+    from providers.kubernetes import provider_for
+
+    return provider_for(kind)()
+
+
+def _pytorch_manifest(k8s, name):
+    from providers.kubernetes.objects import Target, labels
+    from providers.pytorch.config import Elastic
+    from providers.pytorch.manifests import pytorch_job
+
+    return pytorch_job(Elastic(nnodes="1:2", nproc_per_node=2),
+                       Target(name=name, namespace=k8s.namespace, labels=labels("k8s_direct", "r1", "t")))
+
+
+def test_status_subresource_readiness_failure_and_notfound(k8s):
+    """PyTorchJob has a status subresource: readiness from its conditions; a Failed condition
+    ends the wait with the operator's message and the create undoes itself; delete of a gone
+    object is success."""
+    p = _provider("PyTorchJob")
+    m = p.check(_pytorch_manifest(k8s, "pt-ok"))
+    with FakeOperator(k8s, "PyTorchJob", "k8s_direct"):
+        id, outputs = p.create("urn", m, "pt-ok")
+    assert id == f"{k8s.namespace}/pt-ok"
+    assert outputs["rdzv_endpoint"] == f"pt-ok-worker-0.{k8s.namespace}.svc.cluster.local:29400"
+    assert p.read(id, m, outputs) == outputs
+    p.delete(id, m, outputs)
+    assert p.read(id, m, outputs) is None
+    p.delete(id, m, outputs)  # NotFound: success
+    p.delete(f"{k8s.namespace}/never-was", m, None)
+
+    import threading
+
+    m2 = p.check(_pytorch_manifest(k8s, "pt-bad"))
+
+    def fail_it():
+        wait_objects(k8s, "PyTorchJob", "k8s_direct")
+        patch_status(k8s, "PyTorchJob", k8s.namespace, "pt-bad", {"conditions": [
+            {"type": "Failed", "status": "True", "reason": "ImagePullBackOff", "message": "no such image"}]})
+
+    t = threading.Thread(target=fail_it)
+    t.start()
+    with pytest.raises(RuntimeError, match="ImagePullBackOff: no such image"):
+        p.create("urn", m2, "pt-bad")
+    t.join()
+    assert objects(k8s, "PyTorchJob", "k8s_direct") == []
+
+
+def test_readiness_deadline(k8s, monkeypatch):
+    """Nobody marks it ready: the create gives up at the deadline, naming the status it saw,
+    and deletes what it applied."""
+    monkeypatch.setenv("ENGINE_K8S_READY_TIMEOUT", "1.5")
+    p = _provider("PyTorchJob")
+    with pytest.raises(TimeoutError, match="not ready after 2 s"):
+        p.create("urn", p.check(_pytorch_manifest(k8s, "pt-slow")), "pt-slow")
+    assert objects(k8s, "PyTorchJob", "k8s_direct") == []
+
+
+def test_crd_not_installed(k8s):
+    """The server has no RayCluster CRD: the manifest validates offline, the apply fails
+    naming the resource and the server."""
+    from providers.kubernetes.objects import Target
+    from providers.ray.config import RayJobConfig, WorkerNodeConfig
+    from providers.ray.manifests import ray_cluster
+
+    p = _provider("RayCluster")
+    m = p.check(ray_cluster(RayJobConfig(worker_node_config=[WorkerNodeConfig(group_name="g")]),
+                            Target(name="rc", namespace=k8s.namespace)))
+    with pytest.raises(Exception, match=r"does not serve rayclusters\.ray\.io/v1: is the CustomResourceDefinition "
+                                        r"installed") as e:
+        p.create("urn", m, "rc")
+    assert k8s.url in str(e.value)
