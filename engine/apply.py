@@ -8,7 +8,9 @@ failure no new step starts, the running ones finish, and the error is raised.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import os
 import time
@@ -63,16 +65,17 @@ class Applier:
     # ------------------------------------------------------------------ ordering
     @staticmethod
     def _prerequisites(steps: list[Step]) -> dict[int, set[int]]:
+        """For each step, the steps that must finish first (linear in steps plus edges)."""
         forward = {s.urn: i for i, s in enumerate(steps) if s.op != "delete"}
         deletes = {s.urn: i for i, s in enumerate(steps) if s.op == "delete"}
         pre: dict[int, set[int]] = {i: set() for i in range(len(steps))}
         for i, s in enumerate(steps):
             if s.op == "delete":
-                rec = s.old
-                for j, t in enumerate(steps):
-                    if t.op == "delete" and t.old is not None and j != i and (
-                            rec.urn in t.old.deps or t.old.parent == rec.urn):
-                        pre[i].add(j)
+                # What this one depends on, or sits under, is deleted after it.
+                for d in list(s.old.deps) + ([s.old.parent] if s.old.parent else []):
+                    j = deletes.get(d)
+                    if j is not None and j != i:
+                        pre[j].add(i)
             else:
                 deps = list(s.new.deps) + ([s.new.parent] if s.new.parent else [])
                 pre[i].update(forward[d] for d in deps if d in forward)
@@ -84,49 +87,68 @@ class Applier:
         """Run every step; returns the resulting record of each desired URN."""
         steps = plan.steps
         pre = self._prerequisites(steps)
-        done: set[int] = set()
+        waiting = {i: len(p) for i, p in pre.items()}
+        dependents: dict[int, list[int]] = {i: [] for i in pre}
+        for i, p in pre.items():
+            for j in p:
+                dependents[j].append(i)
+        ready = collections.deque(i for i in range(len(steps)) if not waiting[i])
         results: dict[str, Record] = {}
         running: dict[cf.Future, int] = {}
+        finished_count = 0
         error: BaseException | None = None
+
+        def finish(i: int) -> None:
+            nonlocal finished_count
+            finished_count += 1
+            for j in dependents[i]:
+                waiting[j] -= 1
+                if not waiting[j]:
+                    ready.append(j)
+
         pool = cf.ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="apply")
         try:
-            pending = set(range(len(steps)))
-            while pending or running:
-                if error is None:
-                    ready = [i for i in sorted(pending) if pre[i] <= done]
-                    for i in ready[: self.parallelism - len(running)]:
-                        pending.discard(i)
-                        if steps[i].op == "same":  # nothing to call, nothing to journal
-                            done.add(i)
-                            results[steps[i].urn] = steps[i].old
-                            self.on_done(StepResult(steps[i], steps[i].old, 0.0))
-                            continue
-                        self.on_start(steps[i])
-                        running[pool.submit(self._execute, steps[i])] = i
-                    if not running and pending and not any(pre[i] <= done for i in pending):
-                        raise RuntimeError("dependency cycle among: " + ", ".join(steps[i].urn for i in pending))
+            while True:
+                while error is None and ready and len(running) < self.parallelism:
+                    i = ready.popleft()
+                    if steps[i].op == "same":  # nothing to call, nothing to journal
+                        results[steps[i].urn] = self._adopt(steps[i].old)
+                        self.on_done(StepResult(steps[i], steps[i].old, 0.0))
+                        finish(i)
+                        continue
+                    self.on_start(steps[i])
+                    running[pool.submit(self._execute, steps[i])] = i
                 if not running:
-                    if error is not None:
-                        break
-                    continue
-                finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
-                for fut in finished:
+                    break
+                completed, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+                for fut in completed:
                     i = running.pop(fut)
                     try:
                         res: StepResult = fut.result()
                     except BaseException as e:  # noqa: BLE001 - first error wins, the rest drain
                         error = error or e
                         continue
-                    done.add(i)
                     if res.record is not None and res.step.op != "delete":
                         results[res.step.urn] = res.record
                     self.on_done(res)
+                    finish(i)
         finally:
             # Ctrl-C lands here too: running provider calls finish, so nothing is half-recorded.
             pool.shutdown(wait=True, cancel_futures=True)
         if error is not None:
             raise error
+        if finished_count < len(steps):
+            stuck = [steps[i].urn for i in range(len(steps)) if waiting[i]]
+            raise RuntimeError("dependency cycle among: " + ", ".join(stuck))
         return results
+
+    def _adopt(self, rec: Record) -> Record:
+        """An unchanged resource; a dead run's resumable job becomes this run's (one write, so
+        its teardown deletes it and a crash now leaves it to the next run again)."""
+        if rec.ephemeral and rec.run_id != self.run_id:
+            rec = dataclasses.replace(rec, run_id=self.run_id, last_used=time.time())
+            self.state.put_resource(rec)
+        return rec
 
     # ------------------------------------------------------------------ one step
     def _call(self, step: Step, fn, *args):

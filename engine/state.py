@@ -7,6 +7,7 @@ call (``apply`` relies on that): an open intent whose run is dead is work to rec
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -31,6 +32,17 @@ def default_path() -> Path:
 
 def _dumps(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=256)
+def _options_cached(text: str) -> Options:
+    return Options.from_dict(json.loads(text))
+
+
+def _options(text: str | None) -> Options:
+    """Options rows repeat (most are the defaults): parse each distinct one once. Options is
+    frozen, so sharing one instance between records is safe."""
+    return _options_cached(text or "{}")
 
 
 def _validate_existing(path: Path) -> None:
@@ -65,9 +77,28 @@ def _validate_existing(path: Path) -> None:
 
 
 class State:
-    """One open state database. Thread-safe: apply calls it from its worker threads."""
+    """One open state database. Thread-safe: apply calls it from its worker threads.
+
+    ``State.shared(path)`` keeps one connection per file for the life of the process: opening
+    and closing per run would cost a WAL creation and a checkpoint, four fsyncs, each time.
+    """
+
+    _shared: dict[tuple[int, str], "State"] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, path: str | os.PathLike | None = None) -> "State":
+        resolved = str(Path(path or default_path()).resolve())
+        key = (os.getpid(), resolved)
+        with cls._shared_lock:
+            st = cls._shared.get(key)
+            if st is None or not Path(resolved).exists():
+                st = cls._shared[key] = cls(resolved)
+                st._keep_open = True
+            return st
 
     def __init__(self, path: str | os.PathLike | None = None):
+        self._keep_open = False
         self.path = Path(path) if path else default_path()
         if self.path.exists():
             _validate_existing(self.path)
@@ -132,7 +163,8 @@ class State:
         return _Tx()
 
     def close(self) -> None:
-        self.db.conn.close()
+        if not self._keep_open:
+            self.db.conn.close()
 
     # ------------------------------------------------------------------ runs
     def start_run(self, run_id: str, stack: str, task: str, inputs: Any = None, parent_run: str | None = None,
@@ -174,15 +206,33 @@ class State:
         return Record(
             urn=row["urn"], type=row["type"], stack=row["stack"], id=row["id"],
             inputs=json.loads(row["inputs"] or "{}"), outputs=json.loads(row["outputs"] or "{}"),
-            deps=json.loads(row["deps"] or "[]"), options=Options.from_dict(json.loads(row["options"] or "{}")),
+            deps=json.loads(row["deps"]) if row["deps"] not in (None, "[]") else [],
+            options=_options(row["options"]),
             ephemeral=bool(row["ephemeral"]), run_id=row["run_id"], parent=row["parent"],
             idle_ttl=row["idle_ttl"], last_used=row["last_used"], created=row["created"],
         )
 
-    def resources(self, stack: str | None = None) -> list[Record]:
+    def resources(self, stack: str | None = None, ephemeral: bool | None = None) -> list[Record]:
+        where, args = [], []
+        if stack:
+            where.append("stack = ?"); args.append(stack)
+        if ephemeral is not None:
+            where.append("ephemeral = ?"); args.append(int(ephemeral))
         with self._mutex:
-            rows = self.db["resources"].rows_where("stack = ?" if stack else None, [stack] if stack else [],
-                                                   order_by="created")
+            rows = self.db["resources"].rows_where(" and ".join(where) or None, args, order_by="created")
+            return [self._record(r) for r in rows]
+
+    def has_reusable(self, stack: str) -> bool:
+        with self._mutex:
+            return self.db.execute("select 1 from resources where stack = ? and ephemeral = 0 limit 1",
+                                   [stack]).fetchone() is not None
+
+    def expired(self, stack: str, now: float) -> list[Record]:
+        """Reusable resources idle past their TTL (in SQL: a stack may hold thousands)."""
+        with self._mutex:
+            rows = self.db["resources"].rows_where(
+                "stack = ? and ephemeral = 0 and idle_ttl > 0 and coalesce(last_used, created, 0) + idle_ttl <= ?",
+                [stack, now], order_by="created")
             return [self._record(r) for r in rows]
 
     def resource(self, urn: str) -> Record | None:
@@ -196,6 +246,12 @@ class State:
                 "select stack from resources union select stack from journal where status='open' "
                 "union select stack from runs where status in ('provisioning','running','tearing_down')"
             ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def run_types(self, run_id: str) -> list[str]:
+        """The resource types a run journaled: the providers asked about its orphans."""
+        with self._mutex:
+            rows = self.db.execute("select distinct type from journal where run_id = ?", [run_id]).fetchall()
         return sorted(r[0] for r in rows)
 
     def put_resource(self, rec: Record) -> None:
@@ -220,10 +276,11 @@ class State:
         with self._tx():
             self.db.execute("delete from resources where urn = ?", [urn])
 
-    def touch(self, urns: Iterable[str], when: float | None = None, run_id: str | None = None) -> None:
-        when = when or time.time()
+    def touch_reusable(self, stack: str, when: float | None = None) -> None:
+        """A run used the stack's reusable resources: their idle clock starts again."""
         with self._tx():
-            self.db.conn.executemany("update resources set last_used = ? where urn = ?", [(when, u) for u in urns])
+            self.db.execute("update resources set last_used = ? where stack = ? and ephemeral = 0",
+                            [when or time.time(), stack])
 
     # ------------------------------------------------------------------ journal
     def journal_open(self, run_id: str, stack: str, urn: str, type_: str, op: str, name: str,
