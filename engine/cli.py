@@ -58,10 +58,27 @@ backend_option = click.option("--backend", type=click.Choice(["local", "kubernet
                               help="Where clusters are provisioned (default: the environment's, else local).")
 
 
+def connector_endpoint_option(f):
+    """``--connector-endpoint TASK_TYPE=HOST:PORT``: send that task type's connector jobs to a
+    connector service instead of running the connector in-process (as ENGINE_CONNECTOR_ENDPOINTS)."""
+    @click.option("--connector-endpoint", "connector_endpoints", multiple=True, metavar="TASK_TYPE=HOST:PORT",
+                  help="Run connector tasks of TASK_TYPE through the connector service at HOST:PORT.")
+    @functools.wraps(f)
+    def wrapper(*a, connector_endpoints=(), **kw):
+        if connector_endpoints:
+            import os
+
+            given = [os.environ.get("ENGINE_CONNECTOR_ENDPOINTS", ""), *connector_endpoints]
+            os.environ["ENGINE_CONNECTOR_ENDPOINTS"] = ",".join(x for x in given if x)
+        return f(*a, **kw)
+    return wrapper
+
+
 @cli.command()
 @click.argument("target")
 @inputs_option
 @backend_option
+@connector_endpoint_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
 @state_option
@@ -91,6 +108,7 @@ def preview(target, inputs, backend, as_json, detailed_exitcode, state_path):
 @click.argument("target")
 @inputs_option
 @backend_option
+@connector_endpoint_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--lock-timeout", type=float, default=0.0, show_default=True,
               help="Seconds to wait for the stack's lock before exiting 3.")
@@ -274,6 +292,106 @@ def unlock(stack, lock_id, state_path):
 
     holder = force_unlock(state_path, stack, lock_id)
     out.print(f"Unlocked stack {escape(stack)} (was held by pid {holder.get('pid')} on {holder.get('host')}).")
+
+
+# ---------------------------------------------------------------------------------- image
+@cli.group("image")
+def image_group():
+    """Container images (Flyte's Image and ImageBuildEngine)."""
+
+
+@image_group.command("build")
+@click.argument("target")
+@click.option("--dry-run", is_flag=True, help="Render and plan only; print the Dockerfile on stdout.")
+@click.option("--builder", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--force", is_flag=True, help="Build even when the state says this spec is built.")
+@inputs_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--lock-timeout", type=float, default=0.0, show_default=True)
+@state_option
+def image_build(target, dry_run, builder, force, inputs, as_json, lock_timeout, state_path):
+    """Build TARGET (FILE.py:NAME or MODULE:NAME): an engine.Image, or a function that calls
+    ImageBuildEngine.build itself (its arguments from -i), every build of which --dry-run previews."""
+    import asyncio
+    import inspect
+
+    from .image import Image, ImageBuildEngine
+    from .target import load_module, parse_inputs
+    from .errors import TargetError
+
+    spec, sep, attr = target.rpartition(":")
+    if not sep:
+        raise TargetError(f"{target!r} is not FILE.py:NAME or MODULE:NAME", "TARGET")
+    obj = getattr(load_module(spec), attr, None)
+    if not isinstance(obj, Image) and not callable(obj):
+        raise TargetError(f"{spec} has no image or build function named {attr!r}", "TARGET")
+    session = _session(state_path, lock_timeout=lock_timeout, reporter=Reporter() if as_json else ConsoleReporter(err))
+    with ImageBuildEngine.scope(dry_run=dry_run, session=session) as scope:
+        if isinstance(obj, Image):
+            asyncio.run(ImageBuildEngine.build(obj, builder=builder, force=force))
+        else:
+            called = obj(**parse_inputs(inputs))
+            if inspect.isawaitable(called):
+                asyncio.run(called)
+    if as_json:
+        _emit_json([{"uri": r.uri, "built": r.built, "dockerfile": r.dockerfile,
+                     "plan": plan_json(r.plan) if r.plan else None} for r in scope.results])
+        return
+    for r in scope.results:
+        if dry_run:
+            if r.plan is not None:
+                print_plan(err, r.plan, f"Build plan for {r.uri}:")
+            click.echo(r.dockerfile, nl=False)
+        else:
+            click.echo(r.uri)
+
+
+@cli.group("connectors")
+def connectors_group():
+    """Connectors: serve them over flyteidl2's gRPC services, or list them."""
+
+
+modules_option = click.option("--modules", "-m", multiple=True, metavar="M",
+                              help="A module (dotted name or FILE.py) defining connectors; repeatable, or "
+                                   "comma-separated. The taskrig.connectors entry points load too.")
+
+
+@connectors_group.command("serve")
+@click.option("--port", type=int, default=8000, show_default=True, help="gRPC port (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@modules_option
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+def connectors_serve(port, host, modules, metrics_port):
+    """Serve AsyncConnectorService, ConnectorMetadataService and gRPC health until Ctrl-C."""
+    import asyncio
+
+    from .connectors.server import load_connectors, serve
+
+    load_connectors(modules)
+    asyncio.run(serve(port, host, metrics_port, announce=lambda m: click.echo(m, err=False) or sys.stdout.flush()))
+
+
+@connectors_group.command("list")
+@modules_option
+@click.option("--json", "as_json", is_flag=True)
+def connectors_list(modules, as_json):
+    """The connectors registered (and defined) after loading the modules."""
+    from .connectors import ConnectorRegistry
+    from .connectors.server import load_connectors
+
+    load_connectors(modules)
+    docs = [{"name": c.name, "task_type": c.task_type_name, "version": int(c.task_type_version),
+             "class": f"{type(c).__module__}.{type(c).__qualname__}"} for c in ConnectorRegistry.list_connectors()]
+    if as_json:
+        _emit_json(docs)
+        return
+    if not docs:
+        out.print("No connectors.")
+        return
+    table = Table("NAME", "TASK TYPE", "VERSION", "CLASS", box=None)
+    for d in docs:
+        table.add_row(escape(d["name"]), escape(d["task_type"]), str(d["version"]), escape(d["class"]))
+    out.print(table)
 
 
 def _sigterm(signum, frame):

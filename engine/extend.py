@@ -3,10 +3,21 @@
 from .plugin import Attachment, DeclareContext, TaskPlugin
 from .registry import ProviderRegistry, TaskPluginRegistry
 from .errors import NotFound
-from .resource import Declaration, Diff, Options, Provider, ProviderContext, Read, Timeouts, make_urn
+from .resource import Declaration, Diff, Options, Owned, Provider, ProviderContext, Read, Timeouts, make_urn
 from .errors import ConfigError
+from .image import ImageBuildEngine
 
 __all__ = [
-    "Attachment", "ConfigError", "Declaration", "DeclareContext", "Diff", "NotFound", "Options", "Provider",
-    "ProviderContext", "ProviderRegistry", "Read", "TaskPlugin", "TaskPluginRegistry", "Timeouts", "make_urn",
+    "Attachment", "ConfigError", "Declaration", "DeclareContext", "Diff", "ImageBuildEngine", "NotFound", "Options",
+    "Owned", "Provider", "ProviderContext", "ProviderRegistry", "Read", "TaskPlugin", "TaskPluginRegistry", "Timeouts", "make_urn",
 ]
+
+
+def __getattr__(name: str):
+    # TaskTemplate needs flyteidl2 (the connectors extra); importing it lazily keeps
+    # ``engine.extend`` importable for plugins that never define one.
+    if name == "TaskTemplate":
+        from .connectors.task import TaskTemplate
+
+        return TaskTemplate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,11 +11,13 @@ import contextlib
 import dataclasses
 import os
 import secrets as _secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from . import context
@@ -28,6 +30,7 @@ from .recover import expired, recover_stack
 from .registry import ProviderRegistry, TaskPluginRegistry
 from .report import Reporter
 from .resource import Declaration, Diff, ProviderContext, Read, Record
+from .sdk import Secret
 from .state import State, default_path
 
 
@@ -42,28 +45,102 @@ class RunResult(NamedTuple):
     run: dict
 
 
-def resolve_secrets(env) -> tuple[dict[str, str], dict[str, str]]:
+def lookup_secret(s: Secret) -> str | None:
+    """One secret's value, or None: from the process environment (``GROUP_KEY`` or ``KEY``,
+    as written or upper case) or from a file in ``ENGINE_SECRETS_DIR`` (``GROUP/KEY`` or ``KEY``)."""
+    names = [f"{s.group}_{s.key}", s.default_env_var, s.key] if s.group else [s.key, s.default_env_var]
+    for name in dict.fromkeys(names):
+        if name in os.environ:
+            return os.environ[name]
+    sdir = os.environ.get("ENGINE_SECRETS_DIR")
+    if sdir:
+        for rel in ([Path(s.group) / s.key] if s.group else []) + [Path(s.key)]:
+            p = Path(sdir) / rel
+            if p.is_file():
+                return p.read_text().rstrip("\n")
+    return None
+
+
+def resolve_secret(s: Secret) -> str:
+    """A secret's value; a missing one is a ConfigError that names it (never a value)."""
+    value = lookup_secret(s)
+    if value is None:
+        sdir = os.environ.get("ENGINE_SECRETS_DIR")
+        first = f"{s.group}_{s.key}".upper() if s.group else s.key
+        where = f"the environment variable {first}" + (f" or {sdir}/" if sdir else " or a file in ENGINE_SECRETS_DIR")
+        raise ConfigError(f"secret {s.ref!r} is not set: put it in {where}", f"secrets.{s.key}")
+    return value
+
+
+def resolve_secrets(env) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     """(env vars to set, files to mount) from the environment's Secret references.
 
-    Looks in the process environment (``KEY``, ``GROUP_KEY``) and in ``ENGINE_SECRETS_DIR``
-    (``KEY`` or ``GROUP/KEY``); a missing one is an error before anything is provisioned.
+    Files map a path relative to the run's private secrets directory (the mount path
+    re-rooted there, then ``GROUP/KEY``) to (the variable that gets the file's path, value).
+    A missing secret is an error before anything is provisioned.
     """
     env_vars: dict[str, str] = {}
+    files: dict[str, tuple[str, str]] = {}
     for s in env.secrets:
-        names = [f"{s.group}_{s.key}".upper(), s.key] if s.group else [s.key, s.key.upper()]
-        value = next((os.environ[n] for n in names if n in os.environ), None)
-        sdir = os.environ.get("ENGINE_SECRETS_DIR")
-        if value is None and sdir:
-            for rel in ([Path(s.group) / s.key] if s.group else []) + [Path(s.key)]:
-                p = Path(sdir) / rel
-                if p.is_file():
-                    value = p.read_text().rstrip("\n")
-                    break
-        if value is None:
-            where = f"the environment variable {names[0]}" + (f" or {sdir}/" if sdir else " or a file in ENGINE_SECRETS_DIR")
-            raise ConfigError(f"secret {s.key!r} is not set: put it in {where}", f"secrets.{s.key}")
-        env_vars[s.as_env_var or (f"{s.group}_{s.key}" if s.group else s.key).upper()] = value
-    return env_vars, {}
+        value = resolve_secret(s)
+        if s.env_var:
+            env_vars[s.env_var] = value
+        if s.mount is not None:
+            rel = PurePosixPath(*PurePosixPath(str(s.mount)).parts[1:]) if PurePosixPath(str(s.mount)).is_absolute() \
+                else PurePosixPath(str(s.mount))
+            files[str(rel / (s.group or "") / s.key)] = (f"{s.default_env_var}_FILE", value)
+    return env_vars, files
+
+
+_MOUNT_PREFIX = "taskrig-secrets-"
+
+
+def _mount_base() -> str:
+    """Memory-backed when the machine has it, so a mounted secret never reaches a disk."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+def write_secret_files(run_id: str, files: dict[str, tuple[str, str]]) -> tuple[Path, dict[str, str]]:
+    """A private (0700) directory with each mounted secret in a 0600 file; (dir, var -> path).
+    Named after the run so that recovery of a crashed run can remove it."""
+    root = Path(tempfile.mkdtemp(prefix=f"{_MOUNT_PREFIX}{run_id}-", dir=_mount_base()))
+    paths = {}
+    for rel, (var, value) in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        paths[var] = str(path)
+    return root, paths
+
+
+def remove_secret_files(run_ids: list[str]) -> None:
+    for run_id in run_ids:
+        for d in Path(_mount_base()).glob(f"{_MOUNT_PREFIX}{run_id}-*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def redact(text: str | None, values) -> str | None:
+    """``text`` with every secret value masked (values shorter than 3 would mask too much)."""
+    if not text:
+        return text
+    for v in sorted((v for v in values if v and len(v) >= 3), key=len, reverse=True):
+        text = text.replace(v, "[secret]")
+    return text
+
+
+def redact_exception(e: BaseException, values) -> None:
+    """Mask secret values in an exception chain's messages, in place, before the error is
+    recorded or printed: a library that quotes its credentials (an auth error showing the
+    token) must not put them in the state file or a log."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if any(isinstance(a, str) and a != redact(a, values) for a in e.args):
+            e.args = tuple(redact(a, values) if isinstance(a, str) else a for a in e.args)
+        e = e.__cause__ or e.__context__
 
 
 @dataclasses.dataclass
@@ -77,6 +154,17 @@ class Prepared:
     plugins: list[tuple[Any, Any]]
     decls: list[Declaration]
     secret_env: dict[str, str]
+    secret_files: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    secret_values: list[str] = dataclasses.field(default_factory=list, repr=False)
+    # A run inside its caller's stack (a connector call): the caller holds the lock and
+    # recovered the stack; this run neither prunes nor reaps what others in it hold.
+    nested: bool = False
+
+
+@dataclasses.dataclass
+class _Run:
+    outputs: dict
+    result: Any = None
 
 
 class Session:
@@ -92,6 +180,9 @@ class Session:
         self.reporter = reporter or Reporter()
         self.parallelism = parallelism
         self._providers: dict[str, Any] = {}
+        # The state each locked stack is being run with, shared by the runs nested in it
+        # (thousands of connector calls of one run need no connection each).
+        self._open: dict[str, State] = {}
 
     # ------------------------------------------------------------------ plumbing
     def provider(self, token: str):
@@ -106,7 +197,7 @@ class Session:
         return p
 
     def open_state(self) -> State:
-        return State(self.state_path)
+        return State.shared(self.state_path)
 
     def lock(self, stack: str, operation: str) -> StackLock:
         return StackLock(self.state_path, stack, operation).acquire(self.lock_timeout, self.reporter.lock_wait)
@@ -116,8 +207,9 @@ class Session:
                        on_done=self.reporter.step_done, reason=reason)
 
     def recover(self, state: State, stack: str) -> None:
-        recover_stack(state, stack, self.provider, self.reporter.message, self.reporter.step_start,
-                      self.reporter.step_done)
+        crashed = recover_stack(state, stack, self.provider, self.reporter.message, self.reporter.step_start,
+                                self.reporter.step_done)
+        remove_secret_files(crashed)
         gone = expired(state, stack)
         if gone:
             self._reap(state, stack, gone)
@@ -134,29 +226,39 @@ class Session:
         state.update_run(run_id, status="succeeded", finished=time.time())
 
     # ------------------------------------------------------------------ declaring
-    def prepare(self, task, inputs: dict, run_id: str | None = None) -> Prepared:
+    def prepare(self, task, inputs: dict, run_id: str | None = None, stack: str | None = None) -> Prepared:
         env = task.env
         run_id = run_id or new_run_id()
         backend = self.backend or env.backend or "local"
         reusable = env.reusable is not None
-        dctx = DeclareContext(env.name, run_id, backend, env, reusable=reusable,
-                              idle_ttl=env.reusable.ttl_seconds if reusable else None, task_name=task.name)
+        dctx = DeclareContext(stack or env.name, run_id, backend, env, reusable=reusable,
+                              idle_ttl=env.reusable.ttl_seconds if reusable else None, task_name=task.name,
+                              inputs=inputs)
         plugins, decls = [], []
-        for i, cfg in enumerate(env.plugin_configs):
+        configs = task.plugin_configs
+        for i, cfg in enumerate(configs):
             plugin = TaskPluginRegistry.find(type(cfg))
             if plugin is None:
                 raise ConfigError(f"no plugin is registered for {type(cfg).__qualname__}",
-                                  "plugin_config" + (f"[{i}]" if len(env.plugin_configs) > 1 else ""))
+                                  "plugin_config" + (f"[{i}]" if len(configs) > 1 else ""))
             plugins.append((cfg, plugin))
             decls.extend(plugin.declare(cfg, dctx))
+        secret_env, secret_files = resolve_secrets(env)
+        values = [*secret_env.values(), *(v for _, v in secret_files.values())]
         for d in decls:
             d.inputs = self.provider(d.type).check(d.inputs)
-        secret_env, _ = resolve_secrets(env)
-        return Prepared(task, inputs, run_id, dctx, plugins, decls, secret_env)
+            # A plugin that needs a secret to provision (W&B's API key) declares the reference;
+            # the value joins the provider's calls only, never the state, the journal or a plan.
+            d.secret_inputs = {k: resolve_secret(v) if isinstance(v, Secret) else v for k, v in d.secret_inputs.items()}
+            values.extend(v for v in d.secret_inputs.values() if isinstance(v, str))
+        return Prepared(task, inputs, run_id, dctx, plugins, decls, secret_env, secret_files, values,
+                        nested=stack is not None)
 
     def _plan(self, state: State, stack: str, decls: list[Declaration], run_id: str | None,
-              refresh: bool = False) -> Plan:
-        recorded = state.resources(stack)
+              refresh: bool = False, prune: bool = True) -> Plan:
+        # Without pruning only the declared URNs matter: a run nested in its caller's stack reads
+        # those by key, not the whole stack (thousands of sibling jobs may be recorded there).
+        recorded = state.resources(stack) if prune else [r for r in map(state.resource, (d.urn for d in decls)) if r]
         wanted = {d.urn for d in decls}
         current = []
         for r in recorded:
@@ -169,7 +271,7 @@ class Session:
         by_urn = {r.urn: r for r in current}
         diffs = {d.urn: self.provider(d.type).diff(by_urn[d.urn].inputs, d.inputs)
                  for d in decls if d.urn in by_urn and not d.read_only}
-        return make_plan(stack, decls, current, diffs, run_id=run_id)
+        return make_plan(stack, decls, current, diffs, run_id=run_id, prune=prune)
 
     def _refresh_one(self, state: State, r: Record, write: bool) -> Record | None:
         """Read a recorded resource back; None if it is gone. ``write`` records what was read."""
@@ -203,36 +305,81 @@ class Session:
         return self.execute(task, task.bind(*args, **kwargs))
 
     def execute(self, task, inputs: dict, parent: context.TaskContext | None = None) -> RunResult:
+        if parent is not None and getattr(task, "runs_in_caller_stack", False) and parent.stack in self._open:
+            prep = self.prepare(task, inputs, stack=parent.stack)
+            return self._execute(self._open[parent.stack], prep, parent)
         prep = self.prepare(task, inputs)
-        stack = task.env.name
+        stack = prep.dctx.stack
         state = self.open_state()
         try:
             with self.lock(stack, f"up {task.name}"):
                 self.recover(state, stack)
-                return self._execute(state, prep, parent)
+                self._open[stack] = state
+                try:
+                    return self._execute(state, prep, parent)
+                finally:
+                    self._open.pop(stack, None)
         finally:
             state.close()
 
+    async def execute_async(self, task, inputs: dict, parent: context.TaskContext) -> RunResult:
+        """A call awaited inside a run, in the caller's stack: the body (a connector job's
+        polling) runs on the caller's event loop, so one process polls thousands of jobs with no
+        thread each; the short state and provider steps around it run in worker threads."""
+        import asyncio
+
+        prep = self.prepare(task, inputs, stack=parent.stack)
+        state = self._open[parent.stack]
+        bracket = self._running(state, prep, parent)
+        run = await asyncio.to_thread(bracket.__enter__)
+        try:
+            token = context.enter(self._task_context(prep, run.outputs))
+            try:
+                run.result = await task.execute(**prep.inputs)
+            finally:
+                context.leave(token)
+        except BaseException as e:
+            if not await asyncio.to_thread(bracket.__exit__, type(e), e, e.__traceback__):
+                raise
+        else:
+            await asyncio.to_thread(bracket.__exit__, None, None, None)
+        return RunResult(run.result, state.run(prep.run_id))
+
     def _execute(self, state: State, prep: Prepared, parent) -> RunResult:
+        with self._running(state, prep, parent) as run:
+            run.result = self._run_body(prep, run.outputs, parent)
+        return RunResult(run.result, state.run(prep.run_id))
+
+    @contextlib.contextmanager
+    def _running(self, state: State, prep: Prepared, parent):
+        """A run around its body: record it, provision, yield the resources' outputs; however the
+        body ends, tear down and record how. (A context manager, so that an async body can be
+        bracketed by it too.)"""
+        import asyncio
+
         task, run_id, stack = prep.task, prep.run_id, prep.dctx.stack
         state.start_run(run_id, stack, task.name, prep.inputs, parent.run_id if parent else None)
-        status, error, result = "failed", None, None
+        status, error, run = "failed", None, _Run({})
         t0 = time.monotonic()
         try:
             with contextlib.ExitStack() as around:
                 for cfg, plugin in prep.plugins:
                     around.enter_context(plugin.running(cfg, prep.dctx))
-                plan = self._plan(state, stack, prep.decls, run_id)
+                plan = self._plan(state, stack, prep.decls, run_id, prune=not prep.nested)
                 self.reporter.plan(plan, "up")
                 results = self._applier(state, stack, run_id).apply(plan)
                 state.update_run(run_id, status="running")
-                outputs = {d.name: results[d.urn].outputs for d in prep.decls if d.urn in results}
-                result = self._run_body(prep, outputs, parent)
+                run.outputs = {d.name: results[d.urn].outputs for d in prep.decls if d.urn in results}
+                yield run
                 status = "succeeded"
         except KeyboardInterrupt:
             status, error = "interrupted", "interrupted (Ctrl-C)"
             raise
+        except asyncio.CancelledError:
+            status, error = "interrupted", "cancelled"
+            raise
         except BaseException as e:
+            redact_exception(e, prep.secret_values)
             error = f"{type(e).__name__}: {e}"
             raise
         finally:
@@ -240,26 +387,39 @@ class Session:
             # the next command on the stack recovers them.
             state.update_run(run_id, status="tearing_down")
             try:
-                self._teardown(state, stack, run_id)
+                self._teardown(state, stack, run_id, nested=prep.nested, urns=[d.urn for d in prep.decls])
             except BaseException as e:
                 # Left 'tearing_down' on purpose: the next command on the stack finishes it.
+                redact_exception(e, prep.secret_values)
                 error = f"{error + '; ' if error else ''}teardown failed: {type(e).__name__}: {e}"
                 state.update_run(run_id, error=error)
                 raise
             state.update_run(run_id, status=status, finished=time.time(), error=error,
-                             outputs=result if status == "succeeded" else None)
+                             outputs=run.result if status == "succeeded" else None)
             self.reporter.task_done(task.name, run_id, time.monotonic() - t0, None if status == "succeeded" else error)
-        return RunResult(result, state.run(run_id))
+
+    def _task_context(self, prep: Prepared, outputs: dict[str, dict],
+                      attachments: list[Attachment] | None = None) -> context.TaskContext:
+        task, dctx = prep.task, prep.dctx
+        tc = context.TaskContext(run_id=prep.run_id, stack=dctx.stack, task=task.name, env=task.env,
+                                 session=self, outputs=outputs, fn=task.fn, inputs=prep.inputs)
+        if attachments is None:
+            attachments = [plugin.attach(cfg, outputs, dctx) for cfg, plugin in prep.plugins]
+        for a in attachments:
+            tc.data.update(a.data)
+        return tc
 
     def _run_body(self, prep: Prepared, outputs: dict[str, dict], parent) -> Any:
         task, dctx = prep.task, prep.dctx
         env_vars = {**task.env.env_vars, **prep.secret_env}
-        tc = context.TaskContext(run_id=prep.run_id, stack=dctx.stack, task=task.name, env=task.env,
-                                 session=self, outputs=outputs, fn=task.fn, inputs=prep.inputs)
         attachments: list[Attachment] = [plugin.attach(cfg, outputs, dctx) for cfg, plugin in prep.plugins]
+        tc = self._task_context(prep, outputs, attachments)
         for a in attachments:
             env_vars.update(a.env_vars)
-            tc.data.update(a.data)
+        mount_dir = None
+        if prep.secret_files:
+            mount_dir, paths = write_secret_files(prep.run_id, prep.secret_files)
+            env_vars.update(paths)
         saved = {k: os.environ.get(k) for k in env_vars}
         token = context.enter(tc)
         self.reporter.task_start(task.name, prep.run_id)
@@ -275,21 +435,31 @@ class Session:
                 return call()
         finally:
             context.leave(token)
+            if mount_dir is not None:
+                shutil.rmtree(mount_dir, ignore_errors=True)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
 
-    def _teardown(self, state: State, stack: str, run_id: str) -> None:
-        mine = [r for r in state.resources(stack) if r.ephemeral and r.run_id == run_id]
+    def _teardown(self, state: State, stack: str, run_id: str, nested: bool = False, urns=()) -> None:
+        if nested:  # its own declared resources, by key (see _plan); the caller handles the rest
+            records = [r for r in map(state.resource, urns) if r is not None and r.ephemeral]
+        else:
+            records = state.resources(stack, ephemeral=True)
+        mine = [r for r in records if r.run_id == run_id]
+        if not nested:
+            # External jobs of crashed runs that this run could have resumed and did not ask
+            # for: stale now, so they go with this run's own resources.
+            mine += [r for r in records if r.options.resume_on_recover
+                     and r.run_id != run_id and (state.run(r.run_id) or {}).get("status") == "crashed"]
         if mine:
             plan = deletion_plan(stack, mine)
             self.reporter.plan(plan, "teardown")
             self._applier(state, stack, run_id).apply(plan)
-        kept = [r.urn for r in state.resources(stack) if not r.ephemeral]
-        if kept:
-            state.touch(kept)
+        if not nested and state.has_reusable(stack):
+            state.touch_reusable(stack)
             spawn_reaper(self.state_path, stack)
 
     # ------------------------------------------------------------------ Pulumi programs
@@ -408,3 +578,15 @@ def call_task(task, inputs: dict) -> Any:
             return (await asyncio.to_thread(session.execute, task, inputs, tc)).outputs
         return _run()
     return session.execute(task, inputs, tc).outputs
+
+
+async def call_task_async(task, inputs: dict) -> Any:
+    """``await task.aio(...)``: a connector call inside a run polls on the caller's event loop;
+    any other call runs as ``call_task`` does, in a worker thread."""
+    import asyncio
+
+    tc = context.ctx()
+    session = tc.session if tc is not None else Session()
+    if tc is not None and getattr(task, "runs_in_caller_stack", False) and tc.stack in session._open:
+        return (await session.execute_async(task, inputs, tc)).outputs
+    return (await asyncio.to_thread(session.execute, task, inputs, tc)).outputs

@@ -112,6 +112,9 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
             steps.append(Step("read", d.urn, d.type, new=d))
             continue
         old = by_urn.get(d.urn)
+        if old is not None and old.ephemeral and old.run_id != run_id and _resumable(old, d, diffs.get(d.urn)):
+            steps.append(Step("same", d.urn, d.type, new=d, old=old, reason=f"resumes the job of run {old.run_id}"))
+            continue
         if old is not None and old.ephemeral and old.run_id != run_id:
             steps.append(Step("delete", old.urn, old.type, old=old, reason=f"left by run {old.run_id}"))
             old = None
@@ -138,10 +141,16 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
             steps.append(Step("update", d.urn, d.type, new=d, old=old, changes=changes))
     if prune:
         for r in recorded:
-            if r.urn not in seen:
+            if r.urn not in seen and not (r.options.resume_on_recover and r.run_id != run_id):
                 _refuse_if_protected(r, "delete")
                 steps.append(Step("delete", r.urn, r.type, old=r))
     return Plan(stack, steps)
+
+
+def _resumable(old: Record, d: Declaration, diff: Diff | None) -> bool:
+    """A dead run's external job that this run asks for unchanged: adopted, not recreated.
+    (Recorded resumable jobs nobody asks for are left to the run's teardown, not pruned here.)"""
+    return old.options.resume_on_recover and d.options.resume_on_recover and not (diff and diff.changed)
 
 
 def _refuse_if_protected(rec: Record, op: str) -> None:

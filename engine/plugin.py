@@ -25,6 +25,8 @@ class DeclareContext:
     reusable: bool = False
     idle_ttl: float | None = None
     task_name: str = ""
+    # The run's inputs, for plugins whose resource is made from them (a connector's job).
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     def declaration(self, type_token: str, name: str, inputs: dict, deps: list[str] | None = None,
                     options: Options | None = None, **kw) -> Declaration:

@@ -44,6 +44,10 @@ class Options:
     ignore_changes: tuple[str, ...] = ()
     retain_on_delete: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # Not Pulumi's: an external job (a connector's) that outlives a dead engine. Recovery of a run
+    # that died while it ran keeps it for the next run of the stack to resume polling; a run that
+    # died tearing down, and ``destroy``, still delete it.
+    resume_on_recover: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -164,6 +168,14 @@ class Read:
 
 
 @dataclass(frozen=True)
+class Owned:
+    """Something a provider found carrying a stack's label: its id and the run that made it."""
+
+    id: str
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
 class ProviderContext:
     """Where a provider may keep files (logs, pid files) for the state it serves."""
 
@@ -206,3 +218,9 @@ class Provider:
 
     def delete(self, id: str, inputs: dict, outputs: dict | None) -> None:
         raise NotImplementedError
+
+    def owned(self, stack: str) -> list[Owned] | None:
+        """Everything that exists labelled as ``stack``'s, for the orphan sweep of recovery
+        (a safety net behind the journal: what a lost intent or state row left behind).
+        None: this provider cannot list by stack."""
+        return None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import functools
 import inspect
 import math
 import re
 from datetime import timedelta
+from pathlib import PurePath
 from typing import Any, Callable, Optional, Union
 
 import pydantic
@@ -112,14 +114,58 @@ class ReusePolicy:
         return self.idle_ttl.total_seconds() if isinstance(self.idle_ttl, timedelta) else float(self.idle_ttl)
 
 
+_ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
 @pdataclass(config=_STRICT)
 class Secret:
-    """A reference to a secret, resolved at provision time; its value is never recorded."""
+    """A reference to a secret, resolved at provision time; its value is never recorded.
+
+    As in Flyte 2: the task sees it as the environment variable ``as_env_var`` (default
+    ``GROUP_KEY``/``KEY``, upper case, ``-`` as ``_``), unless ``mount`` asks for a file
+    instead. On the local backend the file lives under a private temporary directory (the
+    mount path re-rooted there, then ``GROUP/KEY``) whose path is in ``<NAME>_FILE``.
+    """
 
     key: str
     group: Optional[str] = None
-    mount: Optional[str] = None
+    mount: Union[str, PurePath, None] = None
     as_env_var: Optional[str] = None
+
+    @field_validator("key", "group")
+    @classmethod
+    def _name(cls, v):
+        if v is not None and (not v or "/" in v or v in (".", "..")):
+            raise ValueError(f"{v!r} cannot name a secret (no '/', not empty)")
+        return v
+
+    @field_validator("mount")
+    @classmethod
+    def _mount(cls, v):
+        if v is not None and ".." in PurePath(str(v)).parts:
+            raise ValueError(f"{str(v)!r}: a mount path cannot contain '..'")
+        return v
+
+    @field_validator("as_env_var")
+    @classmethod
+    def _env(cls, v):
+        if v is not None and not _ENV_NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not an environment variable name ({_ENV_NAME_RE.pattern})")
+        return v
+
+    @property
+    def default_env_var(self) -> str:
+        return (f"{self.group}_{self.key}" if self.group else self.key).replace("-", "_").replace(".", "_").upper()
+
+    @property
+    def env_var(self) -> Optional[str]:
+        """The variable that holds the value in the task: none for a mounted secret unless asked."""
+        return self.as_env_var or (None if self.mount else self.default_env_var)
+
+    @property
+    def ref(self) -> str:
+        """How messages name it: ``group/key`` or ``key`` (never the value)."""
+        return f"{self.group}/{self.key}" if self.group else self.key
 
 
 def config_error(e: pydantic.ValidationError, root: str = "") -> ConfigError:
@@ -218,7 +264,23 @@ class Task:
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         self.retries = retries
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.own_configs: list[Any] = []  # added by decorators such as providers.wandb.wandb_init
         functools.update_wrapper(self, fn)
+
+    @property
+    def plugin_configs(self) -> list[Any]:
+        """The environment's plugin configs, then this task's own."""
+        return self.env.plugin_configs + self.own_configs
+
+    def with_plugin_config(self, config: Any) -> "Task":
+        """A new task, same function and environment, with one more plugin config of its own
+        (Flyte's outermost decorators, ``@wandb_init`` over ``@env.task``). It replaces this
+        one in the environment's task table, as the decorated name replaces it in the module."""
+        validate_config(config, f"{self.name}.plugin_config")
+        t = copy.copy(self)
+        t.own_configs = [*self.own_configs, config]
+        self.env.tasks[t.short_name] = t
+        return t
 
     def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Positional and keyword arguments as named inputs, checked against the signature."""

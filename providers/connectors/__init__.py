@@ -1,0 +1,7 @@
+"""Built-in connectors: a PostgreSQL query and a REST (HTTP) job, each a task type that the
+engine runs as a ``connector:<task_type>:Job`` resource and ``engine connectors serve`` serves."""
+
+from .http import HTTPJobConnector, HTTPJobTask
+from .postgres import PostgresQueryConnector, PostgresQueryTask
+
+__all__ = ["HTTPJobConnector", "HTTPJobTask", "PostgresQueryConnector", "PostgresQueryTask"]
