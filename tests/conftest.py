@@ -127,7 +127,14 @@ def engine(tmp_path, monkeypatch):
         except (ProcessLookupError, PermissionError):
             p.kill()
     _kill_reapers(tmp_path)
-    assert not leftovers, f"processes outlived the test: {[p.cmdline()[:4] for p in leftovers]}"
+    assert not leftovers, f"processes outlived the test: {[_describe(p) for p in leftovers]}"
+
+
+def _describe(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline()[:4])
+    except psutil.Error:  # gone or a zombie by now
+        return f"pid {p.pid}"
 
 
 def _kill_reapers(folder: Path) -> None:

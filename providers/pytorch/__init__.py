@@ -9,3 +9,12 @@ from .plugin import ElasticPlugin
 from .local import ElasticJobError, LocalElasticJob  # noqa: F401  registers the local provider
 
 __all__ = ["Elastic", "ElasticJobError", "ElasticPlugin", "RunPolicy"]
+
+
+def __getattr__(name: str):
+    # The Pulumi component needs the pulumi extra: imported on first use, not with the plugin.
+    if name == "PyTorchJobComponent":
+        from .component import PyTorchJobComponent
+
+        return PyTorchJobComponent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

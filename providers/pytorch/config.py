@@ -34,9 +34,9 @@ class RunPolicy:
     recorded and apply to the kubernetes backend (locally, teardown always removes all)."""
 
     clean_pod_policy: Optional[Literal["None", "all", "Running"]] = None
-    ttl_seconds_after_finished: Optional[int] = Field(default=None, ge=0)
-    active_deadline_seconds: Optional[int] = Field(default=None, gt=0)
-    backoff_limit: Optional[int] = Field(default=None, ge=0)
+    ttl_seconds_after_finished: Optional[int] = Field(default=None, ge=0, strict=True)
+    active_deadline_seconds: Optional[int] = Field(default=None, gt=0, strict=True)
+    backoff_limit: Optional[int] = Field(default=None, ge=0, strict=True)
 
 
 @dataclass(config=_STRICT)
@@ -47,16 +47,18 @@ class Elastic:
     bounds how soon a finished job is noticed, so short jobs want a small one."""
 
     nnodes: Union[int, str] = 1
-    nproc_per_node: int = Field(default=1, ge=1)
+    nproc_per_node: int = Field(default=1, ge=1, strict=True)
     rdzv_backend: Literal["c10d", "etcd", "etcd-v2"] = "c10d"
     run_policy: Optional[RunPolicy] = None
-    monitor_interval: float = Field(default=3, gt=0)
-    max_restarts: int = Field(default=0, ge=0)
+    monitor_interval: float = Field(default=3, gt=0, strict=True)
+    max_restarts: int = Field(default=0, ge=0, strict=True)
     rdzv_configs: Dict[str, Any] = Field(default_factory=lambda: {"timeout": 900, "join_timeout": 900})
 
-    @field_validator("nnodes")
+    @field_validator("nnodes", mode="before")
     @classmethod
     def _nnodes(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("must be a node count or 'MIN:MAX', not a bool")
         parse_nnodes(v)
         return v
 

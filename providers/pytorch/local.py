@@ -24,6 +24,7 @@ import psutil
 
 from engine.extend import Provider, ProviderRegistry
 from providers.local import TAG_VAR, find_tagged, log_tail, terminate
+from providers.local.process import engine_path
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 POLL = 0.05
@@ -56,8 +57,8 @@ class LocalElasticJob(Provider):
         return name, {"rdzv_endpoint": f"127.0.0.1:{free_port()}", "run_dir": str(rundir), "tag": name}
 
     def read(self, id: str, inputs: dict, outputs: dict | None):
-        procs = find_tagged(id)
         if outputs is None:  # recovery of a half-done create: only the name is known
+            procs = find_tagged(id)
             return {"pids": [p.pid for p in procs]} if procs or self._dir(id).exists() else None
         return outputs if self._dir(id).exists() else None
 
@@ -69,22 +70,15 @@ class LocalElasticJob(Provider):
 ProviderRegistry.register(LocalElasticJob)
 
 
-def free_port() -> int:
-    """A port nobody listens on now; the rendezvous store of agent 0 binds it moments later."""
+def free_port(port: int = 0) -> int:
+    """``port`` if nobody holds it now, else one that is free; the rendezvous store of agent 0
+    binds it moments later."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _import_path() -> str:
-    """The engine's import path as PYTHONPATH, so workers unpickle references to the user's
-    modules (found next to the task file) the way the engine found them."""
-    seen: list[str] = []
-    for p in sys.path:
-        p = os.path.abspath(p or os.getcwd())
-        if p not in seen and os.path.isdir(p):
-            seen.append(p)
-    return os.pathsep.join(seen)
 
 
 def _loopback_interface() -> str | None:
@@ -121,6 +115,30 @@ def _start(cmd: list[str], tag: str, log: Path, cwd: Path, env: dict[str, str]) 
                                 close_fds=True)
 
 
+class _Echo:
+    """Copies what the agents and their workers write (to their log files) onto the engine's
+    stderr as it comes, as a body's output shows in-process. Files rather than pipes: a dead
+    engine must not leave the job blocked writing to a pipe nobody reads."""
+
+    def __init__(self, paths: list[Path]):
+        self.files = [open(p, "rb") for p in paths]
+        self.partial = [b""] * len(paths)
+
+    def pump(self, final: bool = False) -> None:
+        for i, f in enumerate(self.files):
+            data = self.partial[i] + f.read()
+            cut = len(data) if final else data.rfind(b"\n") + 1  # whole lines: agents do not interleave mid-line
+            self.partial[i] = data[cut:]
+            if cut:
+                sys.stderr.write(data[:cut].decode(errors="replace"))
+                sys.stderr.flush()
+
+    def close(self) -> None:
+        self.pump(final=True)
+        for f in self.files:
+            f.close()
+
+
 def run_job(spec: dict, outputs: dict, run_id: str, fn, inputs: dict) -> Any:
     """Run ``fn(**inputs)`` on every rank under torch elastic; rank 0's return value.
 
@@ -134,27 +152,45 @@ def run_job(spec: dict, outputs: dict, run_id: str, fn, inputs: dict) -> Any:
     shutil.rmtree(job, ignore_errors=True)
     (job / "errors").mkdir(parents=True)
     try:
-        payload = cloudpickle.dumps({"fn": fn, "inputs": inputs, "cwd": os.getcwd()})
+        source = getattr(sys.modules.get(getattr(fn, "__module__", None) or ""), "__file__", None)
+        from engine import ctx
+
+        # Plugins that set something up on every rank (W&B's per-rank runs) leave zero-argument
+        # callables returning context managers in ctx().data["per_rank"]; each worker enters them.
+        tc = ctx()
+        per_rank = list(tc.data.get("per_rank", ())) if tc is not None else []
+        payload = cloudpickle.dumps({"fn": fn, "inputs": inputs, "cwd": os.getcwd(), "file": source,
+                                     "per_rank": per_rank})
     except Exception as e:
         raise TypeError(f"the task's function or inputs cannot be sent to the torch workers: "
                         f"{type(e).__name__}: {e}") from e
     (job / "payload.pkl").write_bytes(payload)
 
-    env = {"PYTHONPATH": _import_path(), "PYTHONUNBUFFERED": "1"}
+    # The engine's import path: workers unpickle references to the user's modules by name.
+    env = {"PYTHONPATH": engine_path(), "PYTHONUNBUFFERED": "1"}
     if "OMP_NUM_THREADS" not in os.environ:  # the task's env_vars may set it; torchrun's default
         env["OMP_NUM_THREADS"] = "1"
+    # Each rendezvous round gets a fresh store on rank 0 instead of the agent's long-lived one:
+    # over a shared store a restarted group can read the previous attempt's peer addresses
+    # and hang or fail connecting (pytorch/pytorch#135712).
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     lo = _loopback_interface()
     if lo and "GLOO_SOCKET_IFNAME" not in os.environ:
         env["GLOO_SOCKET_IFNAME"] = lo  # every rank is on this machine: talk over loopback
-    cmds = agent_commands(spec, outputs["rdzv_endpoint"], f"{tag}-{run_id}", job)
+    # The reserved port, unless something took it since (a reusable job keeps it across runs).
+    host, _, port = outputs["rdzv_endpoint"].rpartition(":")
+    cmds = agent_commands(spec, f"{host}:{free_port(int(port))}", f"{tag}-{run_id}", job)
     logs = [job / f"agent{i}.log" for i in range(len(cmds))]
-    deadline = spec.get("active_deadline_seconds")
+    deadline = (spec.get("run_policy") or {}).get("active_deadline_seconds")
     t_end = time.monotonic() + deadline if deadline else None
     agents: list[subprocess.Popen] = []
+    echo = None
     try:
         for cmd, log in zip(cmds, logs):
             agents.append(_start(cmd, tag, log, job, env))
+        echo = _Echo(logs)
         while True:
+            echo.pump()
             codes = [a.poll() for a in agents]
             if any(c not in (None, 0) for c in codes) or all(c == 0 for c in codes):
                 break
@@ -162,6 +198,8 @@ def run_job(spec: dict, outputs: dict, run_id: str, fn, inputs: dict) -> Any:
                 raise TimeoutError(f"the torch elastic job ran past run_policy.active_deadline_seconds={deadline}")
             time.sleep(POLL)
     finally:
+        if echo is not None:  # before any stop: what agents say when signalled is only noise
+            echo.close()
         if any(a.poll() is None for a in agents):
             terminate(tag=tag)
             for a in agents:

@@ -37,16 +37,27 @@ def job_spec(config: Elastic) -> dict:
 
 class ElasticPlugin(TaskPlugin):
     def declare(self, config: Elastic, ctx: DeclareContext):
-        if ctx.backend != "local":
-            raise ConfigError(f"the {ctx.backend} backend is not available for PyTorch yet", "backend")
+        if ctx.backend == "kubernetes":  # a Kubeflow PyTorchJob (providers/kubernetes)
+            from providers.kubernetes.plugins import declare_pytorch
+
+            return declare_pytorch(config, ctx, RESOURCE)
         if config.rdzv_backend != "c10d":
             raise ConfigError(f"the local backend rendezvous over c10d only ({config.rdzv_backend!r} needs "
                               f"a server it does not run)", "plugin_config.rdzv_backend")
         return [ctx.declaration("local:pytorch:ElasticJob", RESOURCE, job_spec(config))]
 
+    def attach(self, config: Elastic, outputs: dict[str, dict], ctx: DeclareContext):
+        if ctx.backend == "kubernetes":
+            from providers.kubernetes.plugins import attach_pytorch
+
+            return attach_pytorch(config, outputs, ctx, RESOURCE)
+        return super().attach(config, outputs, ctx)
+
     def execute(self, config: Elastic, call: Callable[[], Any], ctx: DeclareContext) -> Any:
         """Every rank runs the function in a worker process; ``call`` (the in-process body) is
         not used. Rank 0's return value is the task's."""
+        if ctx.backend == "kubernetes":  # the PyTorchJob's pods run the image's training code
+            return call()
         tc = context.ctx()
         return run_job(job_spec(config), tc.outputs[RESOURCE], ctx.run_id, tc.fn, tc.inputs)
 

@@ -12,6 +12,7 @@ package, hence the engine and pydantic, in every worker. Only torch and cloudpic
 needed here.
 """
 
+import contextlib
 import os
 import sys
 
@@ -26,6 +27,20 @@ def _write_atomic(path: str, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def _restore_filenames(fn, filename) -> None:
+    """cloudpickle ships code by value under the file name '<dynamic-code>'; give the task's
+    functions their file back so a rank's traceback shows real paths and source lines."""
+    import types
+
+    def fix(code):
+        consts = tuple(fix(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename=filename, co_consts=consts) if code.co_filename == "<dynamic-code>" else code
+
+    for f in {id(f): f for f in [fn, *getattr(fn, "__globals__", {}).values()]}.values():
+        if isinstance(f, types.FunctionType) and f.__module__ == fn.__module__:
+            f.__code__ = fix(f.__code__)
 
 
 def _call(fn, inputs: dict):
@@ -48,6 +63,8 @@ def main(job_dir: str) -> int:
 
         with open(os.path.join(job_dir, "payload.pkl"), "rb") as f:
             payload = cloudpickle.load(f)
+        if payload.get("file"):
+            _restore_filenames(payload["fn"], payload["file"])
         os.chdir(payload["cwd"])  # relative paths mean what they mean to the task in-process
 
         import torch
@@ -57,7 +74,10 @@ def main(job_dir: str) -> int:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group(backend=backend)
-        result = _call(payload["fn"], payload["inputs"])
+        with contextlib.ExitStack() as hooks:
+            for hook in payload.get("per_rank", ()):
+                hooks.enter_context(hook())
+            result = _call(payload["fn"], payload["inputs"])
         if rank == 0:
             _write_atomic(os.path.join(job_dir, "result.pkl"), cloudpickle.dumps(result))
         if dist.is_initialized():
@@ -65,10 +85,9 @@ def main(job_dir: str) -> int:
     except Exception as e:  # noqa: BLE001 - every failure of the body is reported, then fails the rank
         doc = {"rank": rank, "restart": restart, "time": time.time(), "pid": os.getpid(),
                "type": type(e).__qualname__, "message": str(e), "traceback": traceback.format_exc()}
-        try:
-            _write_atomic(os.path.join(job_dir, "errors", f"{restart}-{rank}.json"), json.dumps(doc).encode())
-        finally:
-            traceback.print_exc()
+        _write_atomic(os.path.join(job_dir, "errors", f"{restart}-{rank}.json"), json.dumps(doc).encode())
+        if restart < int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")):
+            traceback.print_exc()  # the group restarts: say why now; a final failure the engine prints
         return 1
     return 0
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import engine
-from providers.pytorch import Elastic
+from providers.pytorch import Elastic, RunPolicy
 
 # A small monitor interval: the agents notice finished workers (and failures) sooner.
 env = engine.TaskEnvironment(name="pt_t", plugin_config=Elastic(nproc_per_node=2, monitor_interval=0.2))
@@ -14,6 +14,8 @@ retry_env = engine.TaskEnvironment(name="pt_retry",
                                    plugin_config=Elastic(nproc_per_node=2, max_restarts=1, monitor_interval=0.2))
 two_nodes = engine.TaskEnvironment(name="pt_nodes",
                                    plugin_config=Elastic(nnodes=2, nproc_per_node=1, monitor_interval=0.2))
+deadline_env = engine.TaskEnvironment(name="pt_deadline", plugin_config=Elastic(
+    nproc_per_node=2, monitor_interval=0.2, run_policy=RunPolicy(active_deadline_seconds=3)))
 plain = engine.TaskEnvironment(name="pt_plain")
 
 
@@ -25,6 +27,7 @@ def allreduce(base: int = 1) -> dict:
 
     t = torch.tensor([float(base + dist.get_rank())])
     dist.all_reduce(t)
+    print(f"rank {dist.get_rank()} of {dist.get_world_size()} sees {t.item()}")
     return {"sum": t.item(), "world_size": dist.get_world_size(), "backend": dist.get_backend(),
             "rank": dist.get_rank(), "omp": os.environ.get("OMP_NUM_THREADS")}
 
@@ -68,6 +71,12 @@ def slow(marker: str, seconds: float = 120.0) -> str:
     import torch.distributed as dist
 
     Path(f"{marker}.{dist.get_rank()}").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "done"
+
+
+@deadline_env.task
+def overdue(seconds: float = 120.0) -> str:
     time.sleep(seconds)
     return "done"
 
