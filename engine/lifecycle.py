@@ -469,7 +469,12 @@ class Session:
         project = find_project(target, stack)
         decls = declarations(project)
         for d in decls:
-            d.inputs = self.provider(d.type).check(d.inputs)
+            try:
+                d.inputs = self.provider(d.type).check(d.inputs)
+            except ConfigError as e:  # which of the program's resources: its name and type
+                err = ConfigError(f"resource {d.physical_name!r} ({d.type}) of stack {project.name}: {e}")
+                err.field = e.field
+                raise err from None
         return project, decls
 
     def preview_program(self, target: str, stack: str | None = None) -> Plan:

@@ -7,6 +7,7 @@ when a type token is asked for that nobody registered (a ``destroy`` in a fresh 
 
 from __future__ import annotations
 
+import threading
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -35,6 +36,8 @@ class ProviderRegistry:
 
     _providers: dict[str, type] = {}
     _entry_points_loaded = False
+    _loading = threading.RLock()
+    _in_progress = False
 
     @classmethod
     def register(cls, provider_cls: type, override: bool = False) -> type:
@@ -48,16 +51,26 @@ class ProviderRegistry:
 
     @classmethod
     def load_entry_points(cls) -> None:
+        # Apply looks providers up from several threads: the others wait until every package
+        # is imported (a flag set first would let them miss types still being registered).
+        # Re-entered by the loading thread (a package that looks a type up) it returns at once.
         if cls._entry_points_loaded:
             return
-        cls._entry_points_loaded = True
-        for ep in entry_points(group="taskrig.providers"):
+        with cls._loading:
+            if cls._entry_points_loaded or cls._in_progress:
+                return
+            cls._in_progress = True
             try:
-                ep.load()
-            except ImportError:
-                # An extra that is not installed (say ray): its types stay unknown, and a state
-                # that holds one fails at lookup with a message naming the type.
-                continue
+                for ep in entry_points(group="taskrig.providers"):
+                    try:
+                        ep.load()
+                    except ImportError:
+                        # An extra that is not installed (say ray): its types stay unknown, and a
+                        # state that holds one fails at lookup with a message naming the type.
+                        continue
+                cls._entry_points_loaded = True
+            finally:
+                cls._in_progress = False
 
     @classmethod
     def find(cls, token: str) -> type | None:

@@ -2,7 +2,7 @@
 with a Service in front and the Secret it mounts, as a Pulumi component.
 
     import pulumi
-    from providers.connectors.component import ConnectorServiceComponent
+    from providers.connectors import ConnectorServiceComponent
 
     svc = ConnectorServiceComponent("connectors", "registry.example.com/taskrig-connectors:1.2",
                                     ["providers.connectors", "team.connectors"], replicas=2,
@@ -133,8 +133,10 @@ class ConnectorServiceComponent(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector},
                 "template": {
                     "metadata": {"labels": {**selector, **MANAGED_BY}},
-                    "spec": prune({"serviceAccountName": service_account_name, "containers": [container],
-                                   "volumes": volumes}),
+                    # The service calls no Kubernetes API: no token in its pods unless an account is named.
+                    "spec": prune({"serviceAccountName": service_account_name,
+                                   "automountServiceAccountToken": bool(service_account_name),
+                                   "containers": [container], "volumes": volumes}),
                 },
             })
         service_ports = [{"name": "grpc", "port": port, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
@@ -145,5 +147,7 @@ class ConnectorServiceComponent(pulumi.ComponentResource):
             metadata={"name": app, "namespace": namespace, "labels": all_labels},
             spec={"type": "ClusterIP", "selector": selector, "ports": service_ports})
         self.service_name = app
-        self.endpoint = self.namespace.apply(lambda ns: f"{app}.{ns}.svc.cluster.local:{port}")
+        # Through the Service's URN: whatever takes the endpoint depends on the Service.
+        self.endpoint = pulumi.Output.all(self.service.urn, self.namespace).apply(
+            lambda a: f"{app}.{a[1]}.svc.cluster.local:{port}")
         self.register_outputs({"endpoint": self.endpoint, "service_name": app, "namespace": self.namespace})

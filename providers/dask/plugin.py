@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
-from engine.extend import Attachment, ConfigError, DeclareContext, TaskPlugin, TaskPluginRegistry
+import providers.kubernetes  # noqa: F401  registers the kubernetes providers (imports no client)
+from engine.extend import Attachment, DeclareContext, TaskPlugin, TaskPluginRegistry
 
 from .config import Dask
 
@@ -15,8 +16,12 @@ def _resources(r) -> dict:
 
 class DaskPlugin(TaskPlugin):
     def declare(self, config: Dask, ctx: DeclareContext):
-        if ctx.backend != "local":
-            raise ConfigError(f"the {ctx.backend} backend is not available for Dask yet", "backend")
+        if ctx.backend == "kubernetes":
+            # A Dask Operator DaskCluster; its outputs carry the in-cluster scheduler_address,
+            # so attach is the same on both backends.
+            from providers.kubernetes.plugins import declare_dask
+
+            return declare_dask(config, ctx)
         w = config.workers
         inputs = {
             "scheduler": {"image": config.scheduler.image, "resources": _resources(config.scheduler.resources)},

@@ -14,10 +14,15 @@ Settings (environment variables):
   ENGINE_K8S_DELETE_TIMEOUT     how long delete waits for the object to go (default 120 s)
   ENGINE_K8S_CONNECT_TIMEOUT    per request connect timeout (default 5 s)
   ENGINE_K8S_CRDS               a directory of CRD YAML to validate against instead of crds/
+
+Core and apps kinds (Namespace, ServiceAccount, Secret, ConfigMap, Service, Deployment, ...)
+of Pulumi programs run in-process go to ``generic.KubernetesObject``, registered as
+``kubernetes:*``: the provider of every kubernetes type no operator provider registered.
 """
 
+from .generic import KubernetesObject
 from .objects import Target
 from .provider import KINDS, CustomResource, DaskCluster, PyTorchJob, RayCluster, SparkApplication, provider_for
 
-__all__ = ["KINDS", "CustomResource", "DaskCluster", "PyTorchJob", "RayCluster", "SparkApplication", "Target",
-           "provider_for"]
+__all__ = ["KINDS", "CustomResource", "DaskCluster", "KubernetesObject", "PyTorchJob", "RayCluster",
+           "SparkApplication", "Target", "provider_for"]
