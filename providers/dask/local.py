@@ -29,24 +29,29 @@ class LocalDaskCluster(Provider):
         return base / name
 
     # ------------------------------------------------------------------ processes
-    def _start_scheduler(self, name: str, rundir: Path) -> tuple[ProcessRecord, str]:
+    def _spawn_scheduler(self, name: str, rundir: Path) -> tuple[ProcessRecord, Path]:
         sfile = rundir / "scheduler.json"
         sfile.unlink(missing_ok=True)
-        log = rundir / "scheduler.log"
         rec = spawn([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                     "--no-dashboard", "--scheduler-file", str(sfile)], name, log, cwd=rundir)
+                     "--no-dashboard", "--scheduler-file", str(sfile)], name, rundir / "scheduler.log", cwd=rundir)
+        return rec, sfile
+
+    def _scheduler_address(self, name: str, rec: ProcessRecord, sfile: Path) -> str:
+        log = sfile.parent / "scheduler.log"
 
         def failed():
             return None if rec.alive() else f"the scheduler exited:\n{log_tail(log)}"
 
         wait_until(lambda: sfile.exists() and sfile.stat().st_size > 0, READY_TIMEOUT,
                    f"dask scheduler of {name}", failed=failed)
-        address = json.loads(sfile.read_text())["address"]
-        return rec, address
+        return json.loads(sfile.read_text())["address"]
 
-    def _start_worker(self, name: str, rundir: Path, address: str, wname: str, workers: dict) -> ProcessRecord:
+    def _start_worker(self, name: str, rundir: Path, scheduler: list[str], wname: str, workers: dict) -> ProcessRecord:
+        """``scheduler`` is ``[address]`` or ``["--scheduler-file", path]``: at create the
+        workers start beside the scheduler and find it through its file, instead of waiting
+        for it to be up first."""
         memory = workers.get("memory_limit")
-        cmd = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--name", wname, "--no-nanny",
+        cmd = [sys.executable, "-m", "distributed.cli.dask_worker", *scheduler, "--name", wname, "--no-nanny",
                "--no-dashboard", "--host", "127.0.0.1", "--nthreads", str(workers["nthreads"]),
                "--memory-limit", str(memory if memory else "auto"), "--local-directory", str(rundir / wname),
                "--death-timeout", "60"]
@@ -72,12 +77,14 @@ class LocalDaskCluster(Provider):
         rundir = self._dir(name)
         rundir.mkdir(parents=True, exist_ok=True)
         try:
-            sched, address = self._start_scheduler(name, rundir)
+            sched, sfile = self._spawn_scheduler(name, rundir)
             workers = {}
             n = inputs["workers"]["number_of_workers"]
             for i in range(n):
                 wname = f"w{i}"
-                workers[wname] = self._start_worker(name, rundir, address, wname, inputs["workers"])
+                workers[wname] = self._start_worker(name, rundir, ["--scheduler-file", str(sfile)], wname,
+                                                    inputs["workers"])
+            address = self._scheduler_address(name, sched, sfile)
             self._wait_workers(address, set(workers), workers, rundir)
         except BaseException:
             terminate(tag=name)  # create is transactional: nothing of it survives a failure
@@ -127,7 +134,7 @@ class LocalDaskCluster(Provider):
         while len(current) < new_w["number_of_workers"]:
             wname = f"w{i}"
             if wname not in current:
-                current[wname] = self._start_worker(id, rundir, address, wname, new_w)
+                current[wname] = self._start_worker(id, rundir, [address], wname, new_w)
             i += 1
         self._wait_workers(address, set(current), current, rundir)
         return self._outputs(address, sched, current, rundir)

@@ -148,7 +148,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
         time.sleep(interval)
-        interval = min(interval * 1.5, 0.5)
+        interval = min(interval * 1.5, 0.2)  # readiness is on the critical path of every run
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
