@@ -15,58 +15,28 @@ columns come from each side's own report (engine: the create and delete steps of
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import ROOT, emit, ratio, table
+from _common import (ROOT, alternate, anchor, emit, fresh_up, headline, med, print_leaks, print_load, ratio,
+                     row, table, walls)
 
 HERE = Path(__file__).resolve().parent
 TARGET = str(HERE / "tasks_ray.py") + ":one_call"
-
-
-def leaked() -> int:
-    """Live processes the engine tagged for this benchmark's stack (should be 0 after each up)."""
-    from providers.local.process import find_tagged
-
-    return len(find_tagged("bench_ray-", prefix=True))
+STACK = "bench_ray"
 
 
 def run_engine(x: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-ray-") as d:
-        cmd = [sys.executable, "-m", "engine.cli", "up", TARGET, "-i", f"x={x}", "--state", f"{d}/state.db", "--json"]
-        t = time.perf_counter()
-        r = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=600)
-        wall = time.perf_counter() - t
-    if r.returncode != 0:
-        raise SystemExit(f"engine up failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    doc = json.loads(r.stdout)
-    steps = {s["op"]: s.get("elapsed") for s in doc["applied"] + doc["teardown"]}
-    return {"wall_s": wall, "result": doc["outputs"], "create_s": steps.get("create"),
-            "delete_s": steps.get("delete"), "leaked": leaked()}
+    return fresh_up(TARGET, STACK, "bench-ray-", {"x": x})
 
 
 def run_plain(x: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-ray-plain-") as d:
-        cmd = [sys.executable, str(HERE / "plain_ray.py"), str(x)]
-        t = time.perf_counter()
-        r = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=600)
-        wall = time.perf_counter() - t
-    if r.returncode != 0:
-        raise SystemExit(f"plain ray failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    doc = json.loads(r.stdout.strip().splitlines()[-1])
+        doc, wall, _ = anchor([sys.executable, str(HERE / "plain_ray.py"), str(x)], d, "plain ray")
     return {"wall_s": wall, "result": doc["result"], "create_s": doc["start_s"], "delete_s": doc["close_s"],
             "call_s": doc["call_s"]}
-
-
-def med(runs: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    return round(statistics.median(vals), 3) if vals else None
 
 
 def main() -> int:
@@ -78,43 +48,27 @@ def main() -> int:
     os.chdir(ROOT)
     expected = args.x * args.x
 
-    for _ in range(args.warmup):
-        run_engine(args.x)
-        run_plain(args.x)
-    eng, plain = [], []
-    for i in range(args.repeats):
-        # Alternate which side goes first, so that neither always follows the other's teardown.
-        order = [("engine", run_engine), ("plain", run_plain)]
-        for name, fn in (order if i % 2 == 0 else order[::-1]):
-            res = fn(args.x)
-            if res["result"] != expected:
-                raise SystemExit(f"{name} returned {res['result']!r}, expected {expected}")
-            (eng if name == "engine" else plain).append(res)
-            print(f"  run {i + 1} {name}: {res['wall_s']:.2f} s", file=sys.stderr, flush=True)
+    runs = alternate({"engine": lambda: run_engine(args.x), "plain": lambda: run_plain(args.x)},
+                     args.repeats, args.warmup, expected)
+    eng, plain = runs["engine"], runs["plain"]
 
-    e_med, p_med = med(eng, "wall_s"), med(plain, "wall_s")
+    e_med, p_med = med(eng), med(plain)
     r = ratio(e_med, p_med)
-    rows = [
-        ["taskrig: engine up (state in a temp dir)", len(eng), e_med, min(x["wall_s"] for x in eng).__round__(3),
-         med(eng, "create_s"), med(eng, "delete_s"), "1.000"],
-        ["plain Ray: ray.init() (local, defaults)", len(plain), p_med, min(x["wall_s"] for x in plain).__round__(3),
-         med(plain, "create_s"), med(plain, "delete_s"), r],
-    ]
-    print(f"Ray, head + 1 worker node, one remote call; wall clock of the whole process, "
-          f"{args.repeats} alternating runs each (after {args.warmup} warm-up)")
+    phases = ["create_s", "delete_s"]
+    rows = [row("taskrig: engine up (state in a temp dir)", eng, phases, "1.000"),
+            row("plain Ray: ray.init() (local, defaults)", plain, phases, r)]
+    headline("Ray, head + 1 worker node, one remote call", args.repeats, args.warmup)
     print(table(["", "runs", "median s", "min s", "init/create s", "shutdown/delete s", "taskrig/this"], rows))
     print(f"\ntaskrig / plain (median wall): {r}  (goal: <= 1.2)")
-    leaks = [x["leaked"] for x in eng]
-    print(f"tagged processes left after each engine up: {leaks}")
+    leaks = print_leaks(eng)
     deletes = [x["delete_s"] for x in eng]
     print(f"engine teardown (delete step) per run, s: {deletes}")
-    load = [round(x, 2) for x in os.getloadavg()]
-    print(f"load average at the end (2 cores, shared machine): {load}")
+    load = print_load()
     emit({"bench": "ray", "x": args.x, "repeats": args.repeats,
-          "taskrig": {"median_s": e_med, "walls_s": [round(x["wall_s"], 3) for x in eng],
+          "taskrig": {"median_s": e_med, "walls_s": walls(eng),
                       "create_median_s": med(eng, "create_s"), "delete_median_s": med(eng, "delete_s"),
                       "deletes_s": deletes},
-          "plain": {"median_s": p_med, "walls_s": [round(x["wall_s"], 3) for x in plain],
+          "plain": {"median_s": p_med, "walls_s": walls(plain),
                     "start_median_s": med(plain, "create_s"), "close_median_s": med(plain, "delete_s")},
           "ratio_median": r, "goal_ratio": 1.2, "leaked_processes": leaks, "loadavg": load})
     return 0

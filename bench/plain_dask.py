@@ -6,9 +6,9 @@ map, closes both. Prints the result and its own phase timings as one JSON line.
     python bench/plain_dask.py 100
 """
 
-import json
 import sys
-import time
+
+from _common import Laps
 
 
 def square(x):
@@ -16,20 +16,19 @@ def square(x):
 
 
 def main(n: int) -> None:
-    t0 = time.perf_counter()
+    laps = Laps()
     from distributed import Client, LocalCluster
 
-    t1 = time.perf_counter()
+    laps.lap("import_s")
     cluster = LocalCluster(n_workers=4)
     client = Client(cluster)
-    t2 = time.perf_counter()
+    laps.lap("start_s")
     result = sum(client.gather(client.map(square, range(n))))
-    t3 = time.perf_counter()
+    laps.lap("map_s")
     client.close()
     cluster.close()
-    t4 = time.perf_counter()
-    print(json.dumps({"result": result, "import_s": t1 - t0, "start_s": t2 - t1, "map_s": t3 - t2,
-                      "close_s": t4 - t3}))
+    laps.lap("close_s")
+    laps.report(result)
 
 
 if __name__ == "__main__":

@@ -6,28 +6,27 @@
     python bench/plain_ray.py 7
 """
 
-import json
 import sys
-import time
+
+from _common import Laps
 
 
 def main(x: int) -> None:
-    t0 = time.perf_counter()
+    laps = Laps()
     import ray
 
     @ray.remote
     def square(v: int) -> int:
         return v * v
 
-    t1 = time.perf_counter()
+    laps.lap("import_s")
     ray.init()
-    t2 = time.perf_counter()
+    laps.lap("start_s")
     result = ray.get(square.remote(x))
-    t3 = time.perf_counter()
+    laps.lap("call_s")
     ray.shutdown()
-    t4 = time.perf_counter()
-    print(json.dumps({"result": result, "import_s": t1 - t0, "start_s": t2 - t1, "call_s": t3 - t2,
-                      "close_s": t4 - t3}))
+    laps.lap("close_s")
+    laps.report(result)
 
 
 if __name__ == "__main__":
