@@ -7,6 +7,7 @@ call (``apply`` relies on that): an open intent whose run is dead is work to rec
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any, Iterable
 import sqlite_utils
 
 from .errors import StateError
+from .lock import lock_dir
 from .resource import Options, Record
 
 SCHEMA_VERSION = 1
@@ -105,12 +107,21 @@ class State:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._mutex = threading.RLock()
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
-        conn.execute("pragma busy_timeout=30000")
-        conn.execute("pragma journal_mode=wal")
-        conn.execute("pragma synchronous=normal")
-        self.db = sqlite_utils.Database(conn)
-        self._migrate()
+        # Two engines opening a new file at once would race on the WAL switch and the schema
+        # ("database is locked" skips the busy wait there): they take turns on a sidecar lock.
+        guard = lock_dir(self.path)
+        guard.mkdir(parents=True, exist_ok=True)
+        fd = os.open(guard / "schema.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
+            conn.execute("pragma busy_timeout=30000")
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=normal")
+            self.db = sqlite_utils.Database(conn)
+            self._migrate()
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------ schema
     def _migrate(self) -> None:

@@ -28,6 +28,17 @@ def _nothing_left(tmp_path, stack: str, names=()):
         assert not glob.glob(temp_root(name) + "-*"), name
 
 
+def _listening(procs) -> set[str]:
+    """Addresses the cluster listens on; Ray's short-lived helpers may exit while we look."""
+    found = set()
+    for p in procs:
+        try:
+            found |= {c.laddr.ip for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_remote_tasks_run_on_every_node_and_nothing_is_left(engine, tmp_path):
     doc = engine.json("up", f"{TARGET}:survey")
@@ -75,7 +86,7 @@ def test_reusable_cluster_is_kept_scaled_in_place_and_read_back(engine, tmp_path
     address = first["outputs"]["address"]
     kept = find_tagged("ray_reuse-", prefix=True)
     assert kept, "a reusable cluster outlives its run"
-    listening = {c.laddr.ip for p in kept for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    listening = _listening(kept)
     assert listening and listening <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
 
     # More replicas: worker nodes are added to the running cluster, the head stays.
