@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import struct
 from typing import Any, Iterator
 
@@ -107,10 +108,18 @@ def read_records(path: str) -> Iterator[Any]:
 
 
 def run_files(root: str, run_id: str) -> list[str]:
-    """Every ``.wandb`` file of ``run_id`` under ``root`` (its segments and its ranks' own dirs)."""
-    pats = [os.path.join(root, "wandb", f"*run-*-{glob.escape(run_id)}", f"run-{glob.escape(run_id)}.wandb"),
-            os.path.join(root, "rank-*", "wandb", f"*run-*-{glob.escape(run_id)}", f"run-{glob.escape(run_id)}.wandb")]
-    return sorted({p for pat in pats for p in glob.glob(pat)})
+    """Every ``.wandb`` file of ``run_id`` under ``root`` (its segments and its ranks' own dirs).
+    W&B names a segment's folder ``<mode>-run-<second>-<id>`` and adds ``-<n>`` when another
+    segment of the run began in the same second (a resume right after a crash). Oldest first."""
+    folder = re.compile(rf"[a-z]+-run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?")
+    pats = [os.path.join(root, "wandb", f"*run-*-{glob.escape(run_id)}*", f"run-{glob.escape(run_id)}.wandb"),
+            os.path.join(root, "rank-*", "wandb", f"*run-*-{glob.escape(run_id)}*", f"run-{glob.escape(run_id)}.wandb")]
+    found = {}
+    for path in {p for pat in pats for p in glob.glob(pat)}:
+        m = folder.fullmatch(os.path.basename(os.path.dirname(path)))
+        if m:
+            found[path] = (m[1], int(m[2] or 0), path)
+    return sorted(found, key=found.__getitem__)
 
 
 def rank_run_ids(root: str, run_id: str) -> list[str]:
@@ -119,7 +128,7 @@ def rank_run_ids(root: str, run_id: str) -> list[str]:
     for pat in (os.path.join(root, "wandb", f"*run-*-{glob.escape(run_id)}-*"),
                 os.path.join(root, "rank-*", "wandb", f"*run-*-{glob.escape(run_id)}-*")):
         for d in glob.glob(pat):
-            tail = os.path.basename(d).split(f"-{run_id}-", 1)[-1]
+            tail = os.path.basename(d).split(f"-{run_id}-", 1)[-1].split("-")[0]  # no same-second suffix
             if tail.startswith(("rank", "worker")):
                 ids.add(f"{run_id}-{tail}")
     return sorted(ids)
