@@ -1,5 +1,8 @@
 """Dask on the local backend: a real ``dask scheduler`` and ``dask worker`` processes.
 
+At create they are forked from one interpreter that imported distributed once (``launcher``):
+the same CLI mains, at a fraction of the start-up CPU. Workers added later start on their own.
+
 The inputs are the cluster's spec and ``read`` returns what actually runs, so an in-place
 update is the difference between the two, as in distributed's ``SpecCluster``: workers are
 added or retired, and the scheduler keeps running.
@@ -13,7 +16,7 @@ import sys
 from pathlib import Path
 
 from engine.extend import Provider, ProviderRegistry, Read
-from providers.local import ProcessRecord, find_tagged, log_tail, spawn, terminate, wait_until
+from providers.local import ProcessRecord, find_tagged, log_tail, spawn, spawn_forked, terminate, wait_until
 
 READY_TIMEOUT = 60.0
 
@@ -29,12 +32,32 @@ class LocalDaskCluster(Provider):
         return base / name
 
     # ------------------------------------------------------------------ processes
-    def _spawn_scheduler(self, name: str, rundir: Path) -> tuple[ProcessRecord, Path]:
+    @staticmethod
+    def _scheduler_args(sfile: Path) -> list[str]:
+        return ["--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(sfile)]
+
+    @staticmethod
+    def _worker_args(rundir: Path, scheduler: list[str], wname: str, workers: dict) -> list[str]:
+        """``scheduler`` is ``[address]`` or ``["--scheduler-file", path]``: at create the
+        workers start beside the scheduler and find it through its file, instead of waiting
+        for it to be up first."""
+        memory = workers.get("memory_limit")
+        return [*scheduler, "--name", wname, "--no-nanny", "--no-dashboard", "--host", "127.0.0.1",
+                "--nthreads", str(workers["nthreads"]), "--memory-limit", str(memory if memory else "auto"),
+                "--local-directory", str(rundir / wname), "--death-timeout", "60"]
+
+    def _launch(self, name: str, rundir: Path, workers: dict) -> tuple[ProcessRecord, dict[str, ProcessRecord], Path]:
+        """The scheduler and every worker, forked from one interpreter (``launcher``)."""
         sfile = rundir / "scheduler.json"
         sfile.unlink(missing_ok=True)
-        rec = spawn([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                     "--no-dashboard", "--scheduler-file", str(sfile)], name, rundir / "scheduler.log", cwd=rundir)
-        return rec, sfile
+        wnames = [f"w{i}" for i in range(workers["number_of_workers"])]
+        specs = [{"kind": "scheduler", "args": self._scheduler_args(sfile), "log": str(rundir / "scheduler.log"),
+                  "cwd": str(rundir)}]
+        specs += [{"kind": "worker", "args": self._worker_args(rundir, ["--scheduler-file", str(sfile)], w, workers),
+                   "log": str(rundir / f"{w}.log"), "cwd": str(rundir)} for w in wnames]
+        records = spawn_forked([sys.executable, "-m", "providers.dask.launcher", json.dumps(specs)], name,
+                               rundir / "launcher.log", READY_TIMEOUT, cwd=rundir)
+        return records[0], dict(zip(wnames, records[1:])), sfile
 
     def _scheduler_address(self, name: str, rec: ProcessRecord, sfile: Path) -> str:
         log = sfile.parent / "scheduler.log"
@@ -46,15 +69,8 @@ class LocalDaskCluster(Provider):
                    f"dask scheduler of {name}", failed=failed)
         return json.loads(sfile.read_text())["address"]
 
-    def _start_worker(self, name: str, rundir: Path, scheduler: list[str], wname: str, workers: dict) -> ProcessRecord:
-        """``scheduler`` is ``[address]`` or ``["--scheduler-file", path]``: at create the
-        workers start beside the scheduler and find it through its file, instead of waiting
-        for it to be up first."""
-        memory = workers.get("memory_limit")
-        cmd = [sys.executable, "-m", "distributed.cli.dask_worker", *scheduler, "--name", wname, "--no-nanny",
-               "--no-dashboard", "--host", "127.0.0.1", "--nthreads", str(workers["nthreads"]),
-               "--memory-limit", str(memory if memory else "auto"), "--local-directory", str(rundir / wname),
-               "--death-timeout", "60"]
+    def _start_worker(self, name: str, rundir: Path, address: str, wname: str, workers: dict) -> ProcessRecord:
+        cmd = [sys.executable, "-m", "distributed.cli.dask_worker", *self._worker_args(rundir, [address], wname, workers)]
         return spawn(cmd, name, rundir / f"{wname}.log", cwd=rundir)
 
     def _wait_workers(self, address: str, names: set[str], records: dict[str, ProcessRecord], rundir: Path) -> None:
@@ -77,13 +93,7 @@ class LocalDaskCluster(Provider):
         rundir = self._dir(name)
         rundir.mkdir(parents=True, exist_ok=True)
         try:
-            sched, sfile = self._spawn_scheduler(name, rundir)
-            workers = {}
-            n = inputs["workers"]["number_of_workers"]
-            for i in range(n):
-                wname = f"w{i}"
-                workers[wname] = self._start_worker(name, rundir, ["--scheduler-file", str(sfile)], wname,
-                                                    inputs["workers"])
+            sched, workers, sfile = self._launch(name, rundir, inputs["workers"])
             address = self._scheduler_address(name, sched, sfile)
             self._wait_workers(address, set(workers), workers, rundir)
         except BaseException:
@@ -134,7 +144,7 @@ class LocalDaskCluster(Provider):
         while len(current) < new_w["number_of_workers"]:
             wname = f"w{i}"
             if wname not in current:
-                current[wname] = self._start_worker(id, rundir, [address], wname, new_w)
+                current[wname] = self._start_worker(id, rundir, address, wname, new_w)
             i += 1
         self._wait_workers(address, set(current), current, rundir)
         return self._outputs(address, sched, current, rundir)

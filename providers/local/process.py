@@ -8,7 +8,9 @@ but never got to record: recovery needs nothing but the deterministic name.
 
 from __future__ import annotations
 
+import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -56,6 +58,35 @@ def spawn(cmd: list[str], tag: str, log_path: Path, env: dict[str, str] | None =
     except psutil.Error:
         ct = 0.0
     return ProcessRecord(proc.pid, ct)
+
+
+def spawn_forked(cmd: list[str], tag: str, log_path: Path, timeout: float,
+                 cwd: str | os.PathLike | None = None) -> list[ProcessRecord]:
+    """Start ``cmd``, a launcher that forks the real processes and prints their pids as one
+    JSON line on stdout (see ``providers.dask.launcher``); returns their records. The launcher
+    is tagged like ``spawn``'s processes, so its children are too."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": engine_path(), TAG_VAR: tag}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                env=env, cwd=cwd, start_new_session=True, close_fds=True)
+    with proc.stdout, selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        line = proc.stdout.readline() if sel.select(timeout) else b""
+    try:
+        pids = json.loads(line)
+    except ValueError:
+        pids = None
+    if not isinstance(pids, list):
+        state = "exited" if proc.poll() is not None else f"printed no pids in {timeout:.0f} s"
+        raise RuntimeError(f"{cmd[:3]} {state}:\n{log_tail(log_path)}")
+    records = []
+    for pid in pids:
+        try:
+            records.append(ProcessRecord(pid, psutil.Process(pid).create_time()))
+        except psutil.Error:
+            records.append(ProcessRecord(pid, 0.0))  # already gone: never alive() again
+    return records
 
 
 def engine_path() -> str:
