@@ -5,6 +5,9 @@
    ``engine connectors serve`` and Flyte's ``c0`` (flyte[connector], in its own venv, made by
    scripts/flyte-connector-venv.sh) serving the same connector (this file's EchoConnector):
    throughput and p50/p99 latency of a pair, in one run. Goal: at least 2x c0's throughput.
+   A third row serves constant answers from a bare grpc.aio server: the ceiling any Python
+   gRPC server reaches beside the same clients on the same cores (which c0's 2x lies above on
+   a two-core machine, where the clients take much of the CPU).
 2. ``poll``: N (10,000) connector jobs polled concurrently in one engine process (an async task
    gathering N calls of a connector task, each a run with its job recorded in SQLite): peak
    memory, and the CPU of the poll loop while all N jobs poll. Goal: under 300 MB.
@@ -138,6 +141,49 @@ def measure(address: str, clients: int = 64, procs: int = 2, seconds: float = 10
             "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
 
 
+def _ceiling_server(ports) -> None:
+    """The ceiling of the comparison: a grpc.aio server answering CreateTask and GetTask with
+    constant responses (no connector, no conversion, no metrics). What any Python gRPC server
+    can do on this machine beside the same clients; ours and c0 sit below it."""
+    import asyncio
+
+    import grpc
+    from flyteidl2.connector import connector_pb2, service_pb2_grpc
+
+    created = connector_pb2.CreateTaskResponse(resource_meta=EchoMeta(job_id="ceiling", x=1).encode())
+    got = connector_pb2.GetTaskResponse(resource=connector_pb2.Resource(phase=TaskExecution.SUCCEEDED))
+
+    class Ceiling(service_pb2_grpc.AsyncConnectorServiceServicer):
+        async def CreateTask(self, request, context):
+            return created
+
+        async def GetTask(self, request, context):
+            return got
+
+    async def main():
+        server = grpc.aio.server()
+        service_pb2_grpc.add_AsyncConnectorServiceServicer_to_server(Ceiling(), server)
+        ports.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def measure_ceiling(clients: int, procs: int, seconds: float) -> dict:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ports = ctx.Queue()
+    server = ctx.Process(target=_ceiling_server, args=(ports,), daemon=True)
+    server.start()
+    try:
+        return measure(f"127.0.0.1:{ports.get(timeout=60)}", clients, procs, seconds)
+    finally:
+        server.terminate()
+        server.join(timeout=10)
+
+
 def bench_rpc(seconds: float, clients: int, procs: int) -> dict:
     import os
     import sys
@@ -163,13 +209,17 @@ def bench_rpc(seconds: float, clients: int, procs: int) -> dict:
             results["flyte_c0"] = measure(address, clients, procs, seconds)
         finally:
             stop(proc)
-    ours, theirs = results["taskrig"], results["flyte_c0"] or {}
+    results["grpc_aio_ceiling"] = measure_ceiling(clients, procs, seconds)
+    ours, theirs, ceiling = results["taskrig"], results["flyte_c0"] or {}, results["grpc_aio_ceiling"]
     print(table(["server", "pairs/s", "p50 ms", "p99 ms", "errors"],
                 [[k, v["pairs_per_s"], v["p50_ms"], v["p99_ms"], v["errors"]] for k, v in results.items() if v]))
     speedup = ratio(ours["pairs_per_s"], theirs.get("pairs_per_s"))
     print(f"throughput vs Flyte's c0: {speedup}x (goal >= 2x), {clients} clients in {procs} processes, "
           f"{os.cpu_count()} cores")
-    return {"rpc": results, "speedup": speedup, "clients": clients, "seconds": seconds}
+    print(f"a grpc.aio server answering constants: {ratio(ceiling['pairs_per_s'], theirs.get('pairs_per_s'))}x c0; "
+          f"taskrig reaches {ratio(ours['pairs_per_s'], ceiling['pairs_per_s'])} of it")
+    return {"rpc": results, "speedup": speedup, "ceiling_vs_c0": ratio(ceiling["pairs_per_s"], theirs.get("pairs_per_s")),
+            "clients": clients, "seconds": seconds}
 
 
 # ---------------------------------------------------------------------------- 2. poll
