@@ -184,8 +184,14 @@ def _record(project: Project) -> list[Any]:
         try:
             loop.run_until_complete(pstack.run_in_stack(program))
         finally:
-            for task in asyncio.all_tasks(loop):
+            # What the SDK left running (RPCs of outputs nobody awaits) is cancelled and let
+            # finish, as asyncio.run does: a task closed with its loop would be reported
+            # "destroyed but pending" when collected.
+            left = asyncio.all_tasks(loop)
+            for task in left:
                 task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             loop.close()
             asyncio.set_event_loop(None)
             settings.reset_options()
