@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+# Imported now, not on first use: the module registers at-fork hooks (acquire a lock before a
+# fork, release it after), and a provider thread may be forking meanwhile (pyspark launches its
+# gateway JVM with a preexec_fn). A hook registered inside another thread's fork would release,
+# after it, a lock it never took: the one a concurrent submit holds ("release unlocked lock").
+import concurrent.futures.thread  # noqa: F401
 import dataclasses
 import hashlib
 import os
