@@ -173,3 +173,16 @@ def test_registries_refuse_duplicates():
     ProviderRegistry.register(Store)
     with pytest.raises(ValueError, match="already registered"):
         ProviderRegistry.register(Other)
+
+
+def test_apply_registers_the_thread_pools_fork_hooks_before_any_run():
+    """concurrent.futures.thread's at-fork hooks take a lock before a fork and release it after.
+    Registered while a provider thread forks (pyspark's gateway launch), the "after" hook
+    releases a lock it never took: the one the apply pool's submit holds. So a fresh engine has
+    them registered by the time it can run anything."""
+    import subprocess
+    import sys
+
+    code = "import sys, engine.apply; print('concurrent.futures.thread' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr
