@@ -11,7 +11,10 @@ reaps) and exits with the last of them; it ignores SIGTERM, which is for the chi
 
     python -m providers.dask.launcher '[{"kind": "scheduler"|"worker", "args": [...], "log": P, "cwd": D}]'
 
-Imports nothing of the engine: it runs with only the cluster's own interpreter.
+Run with ``-m``, it imports its package first, and so the engine: every task module imports
+the engine and its plugin, and a worker unpickling one of its functions imports that module.
+Forked from here, the workers have them already (about 0.2 s less per Dask run on two cores
+than running this file by path, which imports neither).
 """
 
 from __future__ import annotations

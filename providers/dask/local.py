@@ -15,21 +15,18 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.extend import Provider, ProviderRegistry, Read
+from engine.extend import ProviderRegistry, Read
 from providers.local import ProcessRecord, find_tagged, log_tail, spawn, spawn_forked, terminate, wait_until
+from providers.local.provider import LocalProcesses
 
 READY_TIMEOUT = 60.0
 
 
-class LocalDaskCluster(Provider):
+class LocalDaskCluster(LocalProcesses):
     type_token = "local:dask:Cluster"
     replace_keys = ("scheduler",)
     refresh_on_up = True
     delete_before_replace = True
-
-    def _dir(self, name: str) -> Path:
-        base = Path(self.context.runtime_dir) if self.context else Path(".engine/runtime")
-        return base / name
 
     # ------------------------------------------------------------------ processes
     @staticmethod

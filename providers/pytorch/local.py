@@ -22,9 +22,10 @@ from typing import Any
 
 import psutil
 
-from engine.extend import Provider, ProviderRegistry
+from engine.extend import ProviderRegistry
 from providers.local import TAG_VAR, find_tagged, log_tail, terminate
 from providers.local.process import engine_path
+from providers.local.provider import LocalProcesses
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 POLL = 0.05
@@ -42,13 +43,9 @@ class RemoteTraceback(Exception):
         return "\n" + str(self.args[0]).rstrip("\n")
 
 
-class LocalElasticJob(Provider):
+class LocalElasticJob(LocalProcesses):
     type_token = "local:pytorch:ElasticJob"
     replace_keys = ("*",)  # nothing runs between tasks: replacing is as cheap as anything
-
-    def _dir(self, name: str) -> Path:
-        base = Path(self.context.runtime_dir) if self.context else Path(".engine/runtime")
-        return base / name
 
     def create(self, urn: str, inputs: dict, idempotency_key: str) -> tuple[str, dict]:
         name = idempotency_key

@@ -34,6 +34,7 @@ import psutil
 
 from engine.extend import NotFound, Provider, ProviderRegistry, Read
 from providers.local import ProcessRecord, find_tagged, log_tail, spawn, wait_until
+from providers.local.provider import LocalProcesses
 
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
@@ -151,15 +152,11 @@ def node_command(spec: dict, *, head_temp_dir: str | None, gcs_address: str, tem
     return cmd
 
 
-class LocalRayCluster(Provider):
+class LocalRayCluster(LocalProcesses):
     type_token = "local:ray:Cluster"
     replace_keys = ("head",)
     refresh_on_up = True
     delete_before_replace = True
-
-    def _dir(self, name: str) -> Path:
-        base = Path(self.context.runtime_dir) if self.context else Path(".engine/runtime")
-        return base / name
 
     # ------------------------------------------------------------------ nodes
     def _start_node(self, name: str, key: str, spec: dict, *, head_temp_dir: str | None, address: str,

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import psutil
 
-from engine.extend import ConfigError, Provider, ProviderRegistry, Read
+from engine.extend import ConfigError, ProviderRegistry, Read
 from providers.local import ProcessRecord, find_tagged, log_tail, spawn, terminate, wait_until
+from providers.local.provider import LocalProcesses
 
 READY_TIMEOUT = 90.0
 # The daemons only route messages: a small heap, and C1 alone (no C2 compiler threads) cuts
@@ -177,7 +178,7 @@ def _class_archives(java: str, cache: str) -> ClassArchives | None:
         return None
 
 
-class LocalSparkCluster(Provider):
+class LocalSparkCluster(LocalProcesses):
     """``local:spark:Cluster``: inputs ``{workers, cores, memory_mb}``; any change replaces it
     (a standalone worker cannot be resized, and ports are the kernel's, so nothing is lost)."""
 
@@ -185,10 +186,6 @@ class LocalSparkCluster(Provider):
     replace_keys = ("*",)
     refresh_on_up = True
     delete_before_replace = True
-
-    def _dir(self, name: str) -> Path:
-        base = Path(self.context.runtime_dir) if self.context else Path(".engine/runtime")
-        return base / name
 
     def check(self, inputs: dict) -> dict:
         find_java()
