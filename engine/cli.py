@@ -230,16 +230,17 @@ def state_group():
 def state_list(stack, as_json, state_path):
     """Every recorded resource."""
     state = _open_existing(state_path)
-    records = state.resources(stack) if state else []
+    # Old copies of replaced resources are listed too, marked: they exist until their delete succeeds.
+    records = (state.resources(stack) + state.pending_deletes(stack)) if state else []
     if as_json:
-        _emit_json([_record_json(r) for r in records])
+        _emit_json([{**_record_json(r), "pending_delete": r.pending_delete} for r in records])
         return
     if not records:
         out.print("No resources.")
         return
-    table = Table("URN", "TYPE", "ID", "RUN", box=None)
+    table = Table("URN", "TYPE", "ID", "RUN", "", box=None)
     for r in records:
-        table.add_row(r.urn, r.type, r.id, r.run_id or "(reusable)")
+        table.add_row(r.urn, r.type, r.id, r.run_id or "(reusable)", "pending deletion" if r.pending_delete else "")
     out.print(table)
 
 

@@ -3,13 +3,14 @@
 from .plugin import Attachment, DeclareContext, TaskPlugin
 from .registry import ProviderRegistry, TaskPluginRegistry
 from .errors import NotFound
-from .resource import Declaration, Diff, Options, Owned, Provider, ProviderContext, Read, Timeouts, make_urn
+from .resource import (Declaration, Diff, Options, Owned, Provider, ProviderContext, Read, Timeouts, call_deadline,
+                       make_urn)
 from .errors import ConfigError
 from .image import ImageBuildEngine
 
 __all__ = [
     "Attachment", "ConfigError", "Declaration", "DeclareContext", "Diff", "ImageBuildEngine", "NotFound", "Options",
-    "Owned", "Provider", "ProviderContext", "ProviderRegistry", "Read", "TaskPlugin", "TaskPluginRegistry", "Timeouts", "make_urn",
+    "Owned", "Provider", "ProviderContext", "ProviderRegistry", "Read", "TaskPlugin", "TaskPluginRegistry", "Timeouts", "call_deadline", "make_urn",
 ]
 
 

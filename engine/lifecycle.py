@@ -14,10 +14,9 @@ import secrets as _secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import context
@@ -29,8 +28,11 @@ from .plugin import Attachment, DeclareContext
 from .recover import expired, recover_stack
 from .registry import ProviderRegistry, TaskPluginRegistry
 from .report import Reporter
-from .resource import Declaration, Diff, ProviderContext, Read, Record
 from .sdk import Secret
+from .secrets import (redact_exception, remove_secret_files, resolve_secret, resolve_secrets,
+                      write_secret_files)
+from .resource import Declaration, Diff, ProviderContext, Read, Record
+from .snapshot import SnapshotManager
 from .state import State, default_path
 
 
@@ -43,104 +45,6 @@ def new_run_id() -> str:
 class RunResult(NamedTuple):
     outputs: Any
     run: dict
-
-
-def lookup_secret(s: Secret) -> str | None:
-    """One secret's value, or None: from the process environment (``GROUP_KEY`` or ``KEY``,
-    as written or upper case) or from a file in ``ENGINE_SECRETS_DIR`` (``GROUP/KEY`` or ``KEY``)."""
-    names = [f"{s.group}_{s.key}", s.default_env_var, s.key] if s.group else [s.key, s.default_env_var]
-    for name in dict.fromkeys(names):
-        if name in os.environ:
-            return os.environ[name]
-    sdir = os.environ.get("ENGINE_SECRETS_DIR")
-    if sdir:
-        for rel in ([Path(s.group) / s.key] if s.group else []) + [Path(s.key)]:
-            p = Path(sdir) / rel
-            if p.is_file():
-                return p.read_text().rstrip("\n")
-    return None
-
-
-def resolve_secret(s: Secret) -> str:
-    """A secret's value; a missing one is a ConfigError that names it (never a value)."""
-    value = lookup_secret(s)
-    if value is None:
-        sdir = os.environ.get("ENGINE_SECRETS_DIR")
-        first = f"{s.group}_{s.key}".upper() if s.group else s.key
-        where = f"the environment variable {first}" + (f" or {sdir}/" if sdir else " or a file in ENGINE_SECRETS_DIR")
-        raise ConfigError(f"secret {s.ref!r} is not set: put it in {where}", f"secrets.{s.key}")
-    return value
-
-
-def resolve_secrets(env) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
-    """(env vars to set, files to mount) from the environment's Secret references.
-
-    Files map a path relative to the run's private secrets directory (the mount path
-    re-rooted there, then ``GROUP/KEY``) to (the variable that gets the file's path, value).
-    A missing secret is an error before anything is provisioned.
-    """
-    env_vars: dict[str, str] = {}
-    files: dict[str, tuple[str, str]] = {}
-    for s in env.secrets:
-        value = resolve_secret(s)
-        if s.env_var:
-            env_vars[s.env_var] = value
-        if s.mount is not None:
-            rel = PurePosixPath(*PurePosixPath(str(s.mount)).parts[1:]) if PurePosixPath(str(s.mount)).is_absolute() \
-                else PurePosixPath(str(s.mount))
-            files[str(rel / (s.group or "") / s.key)] = (f"{s.default_env_var}_FILE", value)
-    return env_vars, files
-
-
-_MOUNT_PREFIX = "taskrig-secrets-"
-
-
-def _mount_base() -> str:
-    """Memory-backed when the machine has it, so a mounted secret never reaches a disk."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
-
-
-def write_secret_files(run_id: str, files: dict[str, tuple[str, str]]) -> tuple[Path, dict[str, str]]:
-    """A private (0700) directory with each mounted secret in a 0600 file; (dir, var -> path).
-    Named after the run so that recovery of a crashed run can remove it."""
-    root = Path(tempfile.mkdtemp(prefix=f"{_MOUNT_PREFIX}{run_id}-", dir=_mount_base()))
-    paths = {}
-    for rel, (var, value) in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(value)
-        paths[var] = str(path)
-    return root, paths
-
-
-def remove_secret_files(run_ids: list[str]) -> None:
-    for run_id in run_ids:
-        for d in Path(_mount_base()).glob(f"{_MOUNT_PREFIX}{run_id}-*"):
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def redact(text: str | None, values) -> str | None:
-    """``text`` with every secret value masked (values shorter than 3 would mask too much)."""
-    if not text:
-        return text
-    for v in sorted((v for v in values if v and len(v) >= 3), key=len, reverse=True):
-        text = text.replace(v, "[secret]")
-    return text
-
-
-def redact_exception(e: BaseException, values) -> None:
-    """Mask secret values in an exception chain's messages, in place, before the error is
-    recorded or printed: a library that quotes its credentials (an auth error showing the
-    token) must not put them in the state file or a log."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if any(isinstance(a, str) and a != redact(a, values) for a in e.args):
-            e.args = tuple(redact(a, values) if isinstance(a, str) else a for a in e.args)
-        e = e.__cause__ or e.__context__
 
 
 @dataclasses.dataclass
@@ -269,17 +173,26 @@ class Session:
                     continue
             current.append(r)
         by_urn = {r.urn: r for r in current}
-        diffs = {d.urn: self.provider(d.type).diff(by_urn[d.urn].inputs, d.inputs)
-                 for d in decls if d.urn in by_urn and not d.read_only}
+        diffs = {d.urn: self._diff(by_urn[d.urn], d) for d in decls if d.urn in by_urn and not d.read_only}
         return make_plan(stack, decls, current, diffs, run_id=run_id, prune=prune)
 
+    def _diff(self, old: Record, d: Declaration) -> Diff:
+        """The provider's diff, with its class-wide ``delete_before_replace`` (a local cluster
+        cannot run twice under one name) folded in."""
+        provider = self.provider(d.type)
+        diff = provider.diff(old.inputs, d.inputs)
+        if provider.delete_before_replace and not diff.delete_before_replace:
+            diff = dataclasses.replace(diff, delete_before_replace=True)
+        return diff
+
     def _refresh_one(self, state: State, r: Record, write: bool) -> Record | None:
-        """Read a recorded resource back; None if it is gone. ``write`` records what was read."""
+        """Read a recorded resource back; None if it is gone. ``write`` records what was read
+        (refresh, under the lock); without it nothing is written (a preview, lock-free)."""
         read = self.provider(r.type).read(r.id, r.inputs, r.outputs)
         if read is None:
             self.reporter.message(f"{r.urn} no longer exists (drift)")
             if write:
-                state.remove_resource(r.urn)
+                SnapshotManager(state, r.stack, None, "refresh").gone(r)
             return None
         inputs, outputs = (read.inputs, read.outputs) if isinstance(read, Read) else (r.inputs, read)
         if inputs != r.inputs or outputs != r.outputs:
@@ -287,7 +200,7 @@ class Session:
                 self.reporter.message(f"{r.urn} changed out of band")
             r = dataclasses.replace(r, inputs=inputs, outputs=outputs)
             if write:
-                state.put_resource(r)
+                SnapshotManager(state, r.stack, None, "refresh").refreshed(r)
         return r
 
     # ------------------------------------------------------------------ the operations
@@ -449,6 +362,8 @@ class Session:
         else:
             records = state.resources(stack, ephemeral=True)
         mine = [r for r in records if r.run_id == run_id]
+        if not nested:  # old copies this run replaced and could not delete yet
+            mine += [r for r in state.pending_deletes(stack) if r.ephemeral and r.run_id == run_id]
         if not nested:
             # External jobs of crashed runs that this run could have resumed and did not ask
             # for: stale now, so they go with this run's own resources.
@@ -459,7 +374,7 @@ class Session:
             self.reporter.plan(plan, "teardown")
             self._applier(state, stack, run_id).apply(plan)
         if not nested and state.has_reusable(stack):
-            state.touch_reusable(stack)
+            SnapshotManager(state, stack, run_id).touch_reusable()
             spawn_reaper(self.state_path, stack)
 
     # ------------------------------------------------------------------ Pulumi programs
@@ -513,7 +428,7 @@ class Session:
         try:
             with self.lock(stack, "destroy"):
                 self.recover(state, stack)
-                plan = deletion_plan(stack, state.resources(stack))
+                plan = deletion_plan(stack, state.resources(stack) + state.pending_deletes(stack))
                 self.reporter.plan(plan, "destroy")
                 if plan.steps:
                     run_id = new_run_id()
@@ -534,7 +449,7 @@ class Session:
             with self.lock(stack, "refresh"):
                 self.recover(state, stack)
                 out = []
-                for r in state.resources(stack):
+                for r in state.resources(stack) + state.pending_deletes(stack):
                     r2 = self._refresh_one(state, r, write=True)
                     if r2 is not None:
                         out.append(r2)

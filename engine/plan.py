@@ -14,7 +14,11 @@ from typing import Any
 from .errors import ConfigError
 from .resource import Declaration, Diff, Record, covers, get_path
 
-OPS = ("create", "update", "replace", "delete", "same", "read")
+OPS = ("create", "update", "replace", "delete", "same", "read", "options")
+# Ops that change something (``options``: only what the state records about a resource, its
+# options, dependencies, parent, idle TTL or reusability: no provider call, as Pulumi's update
+# of options alone).
+CHANGING = ("create", "update", "replace", "delete", "options")
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Plan:
     steps: list[Step]
 
     def summary(self) -> dict[str, int]:
-        out = {op: 0 for op in ("create", "update", "replace", "delete", "same")}
+        out = {op: 0 for op in ("create", "update", "replace", "delete", "options", "same")}
         for s in self.steps:
             if s.op in out:
                 out[s.op] += 1
@@ -57,7 +61,7 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(s.op in ("create", "update", "replace", "delete") for s in self.steps)
+        return any(s.op in CHANGING for s in self.steps)
 
 
 def _set_path(target: dict, path: str, value: Any, present: bool) -> None:
@@ -124,7 +128,8 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
         diff = diffs.get(d.urn, Diff())
         ignore = d.options.ignore_changes
         changed = [p for p in diff.changed if not any(covers(i, p) for i in ignore)]
-        d = dataclasses.replace(d, inputs=apply_ignore_changes(old.inputs, d.inputs, ignore))
+        if ignore:  # a copy only when inputs change: a no-change plan of 100,000 makes none
+            d = dataclasses.replace(d, inputs=apply_ignore_changes(old.inputs, d.inputs, ignore))
         if old.type != d.type:
             changed = changed or ["type"]
         changes = [Change(p, get_path(old.inputs, p), get_path(d.inputs, p)) for p in changed]
@@ -132,7 +137,9 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
                         if p in diff.replace_keys or p == "type"
                         or any(covers(k, p) for k in d.options.replace_on_changes))
         if not changed:
-            steps.append(Step("same", d.urn, d.type, new=d, old=old))
+            meta = option_changes(old, d)
+            steps.append(Step("options", d.urn, d.type, new=d, old=old, changes=meta) if meta
+                         else Step("same", d.urn, d.type, new=d, old=old))
         elif replace:
             _refuse_if_protected(old, "replace")
             steps.append(Step("replace", d.urn, d.type, new=d, old=old, changes=changes, replace_keys=replace,
@@ -145,6 +152,41 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
                 _refuse_if_protected(r, "delete")
                 steps.append(Step("delete", r.urn, r.type, old=r))
     return Plan(stack, steps)
+
+
+# Read from the declaration at every plan, never from the record: changing them alone changes nothing.
+PLAN_TIME_OPTIONS = ("ignore_changes", "replace_on_changes")
+
+
+def _recorded_settings(r: Record | Declaration) -> dict:
+    return {"options": r.options.to_dict(), "deps": sorted(r.deps), "parent": r.parent,
+            "idle_ttl": r.idle_ttl, "ephemeral": r.ephemeral}
+
+
+def _settings_equal(old: Record, d: Declaration) -> bool:
+    """Equal options (frozen dataclasses: field-wise), deps, parent, idle TTL and reusability:
+    ``option_changes`` would find nothing."""
+    return ((old.options is d.options or old.options == d.options) and old.parent == d.parent
+            and old.idle_ttl == d.idle_ttl and old.ephemeral == d.ephemeral
+            and (old.deps == d.deps or sorted(old.deps) == sorted(d.deps)))
+
+
+def option_changes(old: Record, d: Declaration) -> list[Change]:
+    """What the state records beyond the inputs that the declaration changes."""
+    if _settings_equal(old, d):  # the common case, without building the dicts (asdict is slow)
+        return []
+    before, after = _recorded_settings(old), _recorded_settings(d)
+    out = []
+    for key in ("options", "deps", "parent", "idle_ttl", "ephemeral"):
+        if key == "options":
+            for k in sorted(after["options"]):
+                if k in PLAN_TIME_OPTIONS:
+                    continue
+                if before["options"].get(k) != after["options"][k]:
+                    out.append(Change(f"options.{k}", before["options"].get(k), after["options"][k]))
+        elif before[key] != after[key]:
+            out.append(Change(key, before[key], after[key]))
+    return out
 
 
 def _resumable(old: Record, d: Declaration, diff: Diff | None) -> bool:

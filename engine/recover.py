@@ -1,71 +1,60 @@
 """Recovery: what the next command on a stack does about a dead engine's leftovers.
 
 It runs only while holding the stack's lock, so every run still marked active is dead (a
-live run holds the lock for its whole life). Open journal intents are settled first (a
-create is read back by its deterministic name: adopted when the resource outlives runs,
-deleted otherwise; a delete is issued again), then each dead run's ephemeral resources are
-torn down and the run is marked crashed, then reusable resources past their idle TTL go.
-Before a dead run is marked crashed, providers that can list by label (``Provider.owned``)
-are asked what exists for the stack: a thing that run made and that neither the state nor the
-journal knows (a lost intent) is an orphan, and is deleted. Once per dead run, so a stack
-whose cluster is long gone does not pay for the question on every command.
+live run holds the lock for its whole life). In order:
+
+1. open journal intents are settled, each by the rule of its step kind (``engine.steps``):
+   a create is read back by its deterministic name and adopted or deleted, an update is read
+   back and what the provider reports is recorded, a delete is issued again;
+2. old copies of replaced resources still pending deletion are deleted (best effort: a
+   failure is reported and the copy stays recorded, for the next command to try again);
+3. each dead run's ephemeral resources are torn down, and before the run is marked crashed,
+   providers that can list by label (``Provider.owned``) are asked what exists for the stack:
+   a thing made by a run this state knows, that neither the state nor the journal records (a
+   lost row), is an orphan and is deleted. Once per dead run, so a stack whose cluster is long
+   gone does not pay for the question on every command;
+4. reusable resources past their idle TTL go (the caller, ``Session.recover``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 
 from .apply import Applier
 from .errors import NotFound
-from .plan import deletion_plan
-from .resource import Options, Read, Record
+from .plan import Plan, Step, deletion_plan
+from .resource import Provider, Record
+from .snapshot import SnapshotManager
 from .state import State
+from .steps import RECOVERY, RecoveryContext
 
 ACTIVE = ("provisioning", "running", "tearing_down")
 
 
-def _outputs(read):
-    return read.outputs if isinstance(read, Read) else read
-
-
 def settle_intents(state: State, stack: str, providers, report=lambda msg: None) -> int:
-    n = 0
-    for row in state.open_intents(stack):
-        provider = providers(row["type"])
-        inputs = json.loads(row["inputs"] or "{}")
-        decl = json.loads(row["decl"] or "null") or {}
-        op, urn, name = row["op"], row["urn"], row["name"]
-        if op == "create":
-            found = _outputs(provider.read(name, inputs, None))
-            if found is not None and not decl.get("ephemeral", True):
-                state.put_resource(Record(
-                    urn=urn, type=row["type"], stack=stack, id=name, inputs=inputs, outputs=found,
-                    deps=decl.get("deps", []), options=Options.from_dict(decl.get("options")), ephemeral=False,
-                    parent=decl.get("parent"), idle_ttl=decl.get("idle_ttl"), last_used=time.time(),
-                ))
-                report(f"adopted {urn} ({name}), created by the dead run {row['run_id']}")
-            elif found is not None:
-                _delete(provider, name, inputs, found)
-                report(f"deleted {urn} ({name}), half-created by the dead run {row['run_id']}")
-        elif op == "update":
-            rec = state.resource(urn)
-            if rec is not None:
-                read = provider.read(rec.id, inputs, rec.outputs)
-                if read is None:
-                    state.remove_resource(urn)
-                else:
-                    rec.inputs, rec.outputs = (read.inputs, read.outputs) if isinstance(read, Read) else (inputs, read)
-                    state.put_resource(rec)
-                report(f"re-read {urn} after an interrupted update")
-        elif op == "delete":
-            rec = state.resource(urn)
-            _delete(provider, name, inputs, rec.outputs if rec else None)
-            state.remove_resource(urn)
-            report(f"finished deleting {urn} ({name})")
-        state.journal_close(row["seq"], "recovered")
-        n += 1
-    return n
+    """Settle every open intent of ``stack`` (all of them are dead runs'); returns how many."""
+    rows = state.open_intents(stack)
+    for row in rows:
+        rctx = RecoveryContext(state, stack, providers, SnapshotManager(state, stack, row["run_id"], "recovery"), report)
+        RECOVERY.get(row["op"], RECOVERY["options"])(rctx, row)
+    return len(rows)
+
+
+def finish_pending_deletes(state: State, stack: str, providers, report=lambda msg: None,
+                           on_start=None, on_done=None) -> int:
+    """Delete the old copies that replaced resources left; returns how many remain."""
+    pending = state.pending_deletes(stack)
+    if not pending:
+        return 0
+    report(f"{len(pending)} replaced resource(s) of {stack} still pending deletion: deleting")
+    for rec in pending:
+        step = Step("delete", rec.urn, rec.type, old=rec, reason="replace")
+        try:
+            Applier(state, providers, stack, rec.run_id or "recovery", reason="replace", on_start=on_start,
+                    on_done=on_done).apply(Plan(stack, [step]))
+        except Exception as e:  # noqa: BLE001 - kept recorded; the next command tries again
+            report(f"could not delete {rec.urn} ({rec.id}), pending deletion: {e}")
+    return len(state.pending_deletes(stack))
 
 
 def _delete(provider, id, inputs, outputs) -> None:
@@ -76,11 +65,14 @@ def _delete(provider, id, inputs, outputs) -> None:
 
 
 def sweep_orphans(state: State, stack: str, run_id: str, providers, report=lambda msg: None) -> list[str]:
-    """Delete what a provider finds labelled as ``stack``'s and made by the dead run
-    ``run_id``, that the state does not record. Only the types the run journaled are asked;
-    things of runs this state does not know (another engine's, same stack name) are never
-    touched. Best effort: a failure is reported, not raised (the operators' TTLs remain)."""
-    known = {r.id for r in state.resources(stack)}
+    """Delete what a provider finds labelled as ``stack``'s and made by a run this state knows,
+    that the state does not record (a row lost, reusable or not). Only the types the dead run
+    ``run_id`` journaled are asked; things of runs this state does not know (another engine's,
+    same stack name) are never touched. Best effort: a failure is reported, not raised (the
+    operators' TTLs remain)."""
+    known = {r.id for r in state.resources(stack)} | {r.id for r in state.pending_deletes(stack)}
+    known |= {row["name"] for row in state.open_intents(stack)}
+    runs = {r["run_id"] for r in state.runs(stack)}
     deleted = []
     for type_ in state.run_types(run_id):
         try:
@@ -90,21 +82,43 @@ def sweep_orphans(state: State, stack: str, run_id: str, providers, report=lambd
             report(f"could not look for orphans of run {run_id} ({type_}): {e}")
             continue
         for o in found or ():
-            if o.run_id != run_id or o.id in known:
+            if o.run_id not in runs or o.id in known:
                 continue
             try:
                 _delete(provider, o.id, {}, None)
             except Exception as e:  # noqa: BLE001
-                report(f"could not delete the orphan {o.id} ({type_}) of run {run_id}: {e}")
+                report(f"could not delete the orphan {o.id} ({type_}) of run {o.run_id}: {e}")
                 continue
             deleted.append(o.id)
-            report(f"deleted the orphan {o.id} ({type_}) of the dead run {run_id}, found by its labels")
+            report(f"deleted the orphan {o.id} ({type_}) of run {o.run_id}, found by its labels")
     return deleted
+
+
+def tidy(state: State, stack: str, providers, report=lambda msg: None) -> None:
+    """Providers' own cleanup of what their reads only look at (a dead local cluster's
+    processes and folder): here, under the lock, never in ``read``."""
+    records: list[Record] | None = None
+    for type_ in state.resource_types(stack):
+        try:
+            provider = providers(type_)
+        except Exception:  # noqa: BLE001 - an uninstalled provider has nothing running here
+            continue
+        hook = getattr(type(provider), "tidy", None)
+        if hook is None or hook is getattr(Provider, "tidy", None):
+            continue  # most providers have nothing to tidy: no need to load the stack's rows
+        if records is None:
+            records = state.resources(stack) + state.pending_deletes(stack)
+        try:
+            for msg in provider.tidy(stack, [r for r in records if r.type == type_]) or ():
+                report(msg)
+        except Exception as e:  # noqa: BLE001
+            report(f"could not tidy {type_} of {stack}: {e}")
 
 
 def recover_stack(state: State, stack: str, providers, report=lambda msg: None, on_start=None, on_done=None) -> list[str]:
     """Settle everything dead runs left on ``stack``; returns the ids of the runs marked crashed."""
     settle_intents(state, stack, providers, report)
+    finish_pending_deletes(state, stack, providers, report, on_start, on_done)
     crashed = []
     for run in state.runs(stack, status=ACTIVE):
         leftovers = [r for r in state.resources(stack) if r.ephemeral and r.run_id == run["run_id"]]
@@ -125,6 +139,7 @@ def recover_stack(state: State, stack: str, providers, report=lambda msg: None, 
         state.update_run(run["run_id"], status="crashed", finished=time.time(),
                          error=f"engine process {run['pid']} on {run['host']} died during {run['status']}")
         crashed.append(run["run_id"])
+    tidy(state, stack, providers, report)
     return crashed
 
 

@@ -16,9 +16,11 @@ from rich.markup import escape
 from .plan import Plan, Step
 from .report import Reporter
 
-SYMBOL = {"create": "+", "update": "~", "replace": "+-", "delete": "-", "same": " ", "read": ">"}
-COLOR = {"create": "green", "update": "yellow", "replace": "magenta", "delete": "red", "same": "dim", "read": "cyan"}
-VERB = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted", "read": "read"}
+SYMBOL = {"create": "+", "update": "~", "replace": "+-", "delete": "-", "same": " ", "read": ">", "options": "~"}
+COLOR = {"create": "green", "update": "yellow", "replace": "magenta", "delete": "red", "same": "dim", "read": "cyan",
+         "options": "yellow"}
+VERB = {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted", "read": "read",
+        "options": "updated (options only)"}
 
 
 def _short(value: Any, limit: int = 100) -> str:
@@ -46,6 +48,8 @@ def plan_json(plan: Plan) -> dict:
 def summary_line(plan: Plan) -> str:
     s = plan.summary()
     parts = [f"{s[k]} to {k}" for k in ("create", "update", "replace", "delete") if s[k]]
+    if s.get("options"):
+        parts.append(f"{s['options']} to update options only")
     if s["same"]:
         parts.append(f"{s['same']} unchanged")
     return "Resources: " + (", ".join(parts) if parts else "no changes")

@@ -7,6 +7,7 @@ None when the thing is gone, ``delete`` is idempotent.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -108,6 +109,8 @@ class Record:
     idle_ttl: float | None = None
     last_used: float | None = None
     created: float | None = None
+    # The old copy of a create-before-delete replacement: still exists, to be deleted.
+    pending_delete: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,17 @@ class Owned:
 
     id: str
     run_id: str | None = None
+
+
+_call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
+
+
+def call_deadline() -> float | None:
+    """The ``time.monotonic()`` by which the provider call in progress should return (from
+    ``options.timeouts``), or None. A provider that waits (for readiness, a rollout) stops
+    waiting and raises once it passes; one that ignores it is still waited for, so that what it
+    makes is recorded, and its intent stays open for recovery if it outlives the grace."""
+    return _call_deadline.get()
 
 
 @dataclass(frozen=True)

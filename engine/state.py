@@ -3,10 +3,19 @@
 Every mutation is its own committed transaction, so a ``kill -9`` at any instant leaves
 either the row before or the row after. A journal intent is committed *before* its provider
 call (``apply`` relies on that): an open intent whose run is dead is work to recover.
+
+This module is storage only. Resource rows and journal intents are written by one caller,
+``engine.snapshot.SnapshotManager``, so that every rule about what the rows mean (a replaced
+copy kept until deleted, a delete removing only the copy it deleted) lives in one place.
+
+Schema 2 adds ``pending_deletes``: the old copy of a create-before-delete replacement, kept
+recorded from the moment its replacement exists until its own delete has succeeded.
+Commits are ``synchronous=FULL``: a committed intent survives a power cut, not only a crash.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import json
@@ -23,13 +32,22 @@ from .errors import StateError
 from .lock import lock_dir
 from .resource import Options, Record
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DEFAULT_PATH = Path(".engine") / "state.db"
 
 
 def default_path() -> Path:
     return Path(os.environ.get("ENGINE_STATE") or DEFAULT_PATH)
+
+
+def _redact(text: str | None) -> str | None:
+    """Every error text the state keeps passes the one redactor (engine.secrets)."""
+    if not text:
+        return text
+    from .secrets import redact_text
+
+    return redact_text(text)
 
 
 def _dumps(v: Any) -> str:
@@ -78,6 +96,12 @@ def _validate_existing(path: Path) -> None:
         raise StateError(f"state file {path} is unreadable: {e} (left untouched)") from None
 
 
+_RESOURCE_COLUMNS = (
+    "urn text, stack text, type text, id text, inputs text, outputs text, deps text, options text, "
+    "ephemeral integer, run_id text, parent text, idle_ttl float, last_used float, created float"
+)
+
+
 class State:
     """One open state database. Thread-safe: apply calls it from its worker threads.
 
@@ -117,7 +141,7 @@ class State:
             conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
             conn.execute("pragma busy_timeout=30000")
             conn.execute("pragma journal_mode=wal")
-            conn.execute("pragma synchronous=normal")
+            conn.execute("pragma synchronous=full")
             self.db = sqlite_utils.Database(conn)
             self._migrate()
         finally:
@@ -125,37 +149,36 @@ class State:
 
     # ------------------------------------------------------------------ schema
     def _migrate(self) -> None:
-        # Each create is idempotent so that two processes opening a new file at once both succeed;
-        # a current file is not written at all (a refused command leaves it byte-identical).
+        """Create a new file at the current schema, or carry an older one forward in one
+        transaction (a crash mid-way leaves the old version intact). A current file is not
+        written at all, so a refused command leaves it byte-identical."""
         db = self.db
+        version = 0
         if "meta" in db.table_names():
             row = db.execute("select value from meta where key='schema_version'").fetchone()
-            if row and int(row[0]) == SCHEMA_VERSION:
-                return
-        db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-        db["runs"].create(
-            {"run_id": str, "stack": str, "task": str, "status": str, "started": float,
-             "finished": float, "error": str, "pid": int, "host": str, "parent_run": str,
-             "inputs": str, "outputs": str, "kind": str},
-            pk="run_id", if_not_exists=True,
-        )
-        db["runs"].create_index(["stack", "status"], if_not_exists=True)
-        db["resources"].create(
-            {"urn": str, "stack": str, "type": str, "id": str, "inputs": str, "outputs": str,
-             "deps": str, "options": str, "ephemeral": int, "run_id": str, "parent": str,
-             "idle_ttl": float, "last_used": float, "created": float},
-            pk="urn", if_not_exists=True,
-        )
-        db["resources"].create_index(["stack"], if_not_exists=True)
-        db["journal"].create(
-            {"seq": int, "run_id": str, "stack": str, "urn": str, "type": str, "op": str,
-             "name": str, "status": str, "inputs": str, "started": float, "finished": float,
-             "error": str, "reason": str, "decl": str},
-            pk="seq", if_not_exists=True,
-        )
-        db["journal"].create_index(["stack", "status"], if_not_exists=True)
+            version = int(row[0]) if row else 0
+        if version == SCHEMA_VERSION:
+            return
         with self._tx():
-            self.db.execute("insert or replace into meta (key, value) values ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            # Idempotent creates: two processes opening a new file at once both succeed.
+            db.execute("create table if not exists meta ([key] text primary key, [value] text)")
+            if version < 1:
+                db.execute(
+                    "create table if not exists runs (run_id text primary key, stack text, task text, status text, "
+                    "started float, finished float, error text, pid integer, host text, parent_run text, "
+                    "inputs text, outputs text, kind text)")
+                db.execute("create index if not exists idx_runs_stack_status on runs (stack, status)")
+                db.execute(f"create table if not exists resources ({_RESOURCE_COLUMNS}, primary key (urn))")
+                db.execute("create index if not exists idx_resources_stack on resources (stack)")
+                db.execute(
+                    "create table if not exists journal (seq integer primary key, run_id text, stack text, urn text, "
+                    "type text, op text, name text, status text, inputs text, started float, finished float, "
+                    "error text, reason text, decl text)")
+                db.execute("create index if not exists idx_journal_stack_status on journal (stack, status)")
+            if version < 2:
+                db.execute(f"create table if not exists pending_deletes ({_RESOURCE_COLUMNS}, primary key (urn, id))")
+                db.execute("create index if not exists idx_pending_deletes_stack on pending_deletes (stack)")
+            db.execute("insert or replace into meta (key, value) values ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     def _tx(self):
         state = self
@@ -192,6 +215,8 @@ class State:
     def update_run(self, run_id: str, **fields: Any) -> None:
         if "outputs" in fields:
             fields["outputs"] = _dumps(fields["outputs"])
+        if fields.get("error") is not None:
+            fields["error"] = _redact(fields["error"])
         with self._tx():
             sets = ", ".join(f"[{k}] = ?" for k in fields)
             self.db.execute(f"update runs set {sets} where run_id = ?", [*fields.values(), run_id])
@@ -254,9 +279,16 @@ class State:
     def stacks(self) -> list[str]:
         with self._mutex:
             rows = self.db.execute(
-                "select stack from resources union select stack from journal where status='open' "
+                "select stack from resources union select stack from pending_deletes "
+                "union select stack from journal where status='open' "
                 "union select stack from runs where status in ('provisioning','running','tearing_down')"
             ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def resource_types(self, stack: str) -> list[str]:
+        with self._mutex:
+            rows = self.db.execute("select type from resources where stack = ? union "
+                                   "select type from pending_deletes where stack = ?", [stack, stack]).fetchall()
         return sorted(r[0] for r in rows)
 
     def run_types(self, run_id: str) -> list[str]:
@@ -265,12 +297,20 @@ class State:
             rows = self.db.execute("select distinct type from journal where run_id = ?", [run_id]).fetchall()
         return sorted(r[0] for r in rows)
 
-    def put_resource(self, rec: Record) -> None:
-        with self._tx():
-            self._put(rec)
+    def pending_deletes(self, stack: str | None = None) -> list[Record]:
+        """Old copies of replaced resources whose delete has not succeeded yet."""
+        with self._mutex:
+            rows = self.db["pending_deletes"].rows_where("stack = ?" if stack else None, [stack] if stack else [],
+                                                         order_by="created")
+            return [dataclasses.replace(self._record(r), pending_delete=True) for r in rows]
 
-    def _put(self, rec: Record) -> None:
-        self._insert("resources", {
+    # ------------------------------------------------------------------ writes (SnapshotManager only)
+    def write(self):
+        """One transaction; the ``_``-methods below are called inside it."""
+        return self._tx()
+
+    def _put(self, rec: Record, table: str = "resources") -> None:
+        self._insert(table, {
             "urn": rec.urn, "stack": rec.stack, "type": rec.type, "id": rec.id,
             "inputs": _dumps(rec.inputs), "outputs": _dumps(rec.outputs), "deps": _dumps(rec.deps),
             "options": _dumps(rec.options.to_dict()), "ephemeral": int(rec.ephemeral), "run_id": rec.run_id,
@@ -283,38 +323,33 @@ class State:
         self.db.execute(f"insert or replace into {table} ({cols}) values ({', '.join('?' * len(row))})",
                         list(row.values()))
 
-    def remove_resource(self, urn: str) -> None:
-        with self._tx():
-            self.db.execute("delete from resources where urn = ?", [urn])
+    def _remove(self, urn: str, id: str | None = None, table: str = "resources") -> int:
+        """Delete a row; with ``id``, only if it records that physical thing. Returns rows removed."""
+        if id is None:
+            return self.db.execute(f"delete from {table} where urn = ?", [urn]).rowcount
+        return self.db.execute(f"delete from {table} where urn = ? and id = ?", [urn, id]).rowcount
 
-    def touch_reusable(self, stack: str, when: float | None = None) -> None:
-        """A run used the stack's reusable resources: their idle clock starts again."""
-        with self._tx():
-            self.db.execute("update resources set last_used = ? where stack = ? and ephemeral = 0",
-                            [when or time.time(), stack])
+    def _touch_reusable(self, stack: str, when: float) -> None:
+        self.db.execute("update resources set last_used = ? where stack = ? and ephemeral = 0", [when, stack])
 
-    # ------------------------------------------------------------------ journal
-    def journal_open(self, run_id: str, stack: str, urn: str, type_: str, op: str, name: str,
-                     inputs: dict | None = None, reason: str | None = None, decl: dict | None = None) -> int:
-        """Commit an intent before its provider call; ``decl`` is what recovery needs to adopt it."""
-        with self._tx():
-            cur = self.db.execute(
-                "insert into journal (run_id, stack, urn, type, op, name, status, inputs, started, reason, decl) "
-                "values (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?)",
-                [run_id, stack, urn, type_, op, name, _dumps(inputs), time.time(), reason, _dumps(decl)],
-            )
-            return cur.lastrowid
+    def _journal_insert(self, run_id: str, stack: str, urn: str, type_: str, op: str, name: str,
+                        inputs: dict | None, reason: str | None, decl: dict | None) -> int:
+        cur = self.db.execute(
+            "insert into journal (run_id, stack, urn, type, op, name, status, inputs, started, reason, decl) "
+            "values (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?)",
+            [run_id, stack, urn, type_, op, name, _dumps(inputs), time.time(), reason, _dumps(decl)],
+        )
+        return cur.lastrowid
 
-    def journal_close(self, seq: int, status: str = "done", error: str | None = None,
-                      record: Record | None = None, remove_urn: str | None = None) -> None:
-        """Close an intent; the resource row changes in the same transaction."""
-        with self._tx():
-            if record is not None:
-                self._put(record)
-            if remove_urn is not None:
-                self.db.execute("delete from resources where urn = ?", [remove_urn])
-            self.db.execute("update journal set status = ?, finished = ?, error = ? where seq = ?",
-                            [status, time.time(), error, seq])
+    def _journal_close(self, seq: int, status: str, error: str | None) -> int:
+        """Close an open intent; returns 0 when it was closed already (by recovery)."""
+        return self.db.execute("update journal set status = ?, finished = ?, error = ? where seq = ? and status = 'open'",
+                               [status, time.time(), _redact(error), seq]).rowcount
+
+    def intent(self, seq: int) -> dict | None:
+        with self._mutex:
+            rows = list(self.db["journal"].rows_where("seq = ?", [seq]))
+        return rows[0] if rows else None
 
     def open_intents(self, stack: str) -> list[dict]:
         with self._mutex:

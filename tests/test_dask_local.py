@@ -49,7 +49,7 @@ def test_preview_renders_plan_text_and_json(engine):
     assert set(step) >= {"op", "urn", "type", "inputs", "diff"}
     assert step["op"] == "create" and step["urn"] == "urn:engine:dask_env::local:dask:Cluster::cluster"
     assert step["inputs"]["workers"]["number_of_workers"] == 4
-    assert doc["summary"] == {"create": 1, "update": 0, "replace": 0, "delete": 0, "same": 0}
+    assert doc["summary"] == {"create": 1, "update": 0, "replace": 0, "delete": 0, "options": 0, "same": 0}
     assert engine("preview", f"{EXAMPLES}/dask_example.py:process_data", "--detailed-exitcode").returncode == 2
     assert not engine.state.exists(), "preview must not create or write the state"
 

@@ -135,12 +135,13 @@ def test_a_second_build_is_no_change_and_a_changed_layer_a_replacement(engine):
     """The plan against the state. Recording the image as if built keeps this test meaningful
     where no builder exists; the real-builder test below builds for real."""
     from engine.resource import Record
+    from engine.snapshot import SnapshotManager
     from engine.state import State
 
     app = load(APP, "image_app")
     decl = ImageBuildEngine.declaration(app.image)
     state = State(engine.state)
-    state.put_resource(Record(
+    SnapshotManager(state, "images", None).imported(Record(
         urn=decl.urn, type=decl.type, stack="images", id=decl.physical_name, inputs=decl.inputs,
         outputs={"uri": app.image.uri}, ephemeral=False))
     state.close()

@@ -90,7 +90,7 @@ def test_create_update_replace_delete_same_with_property_diffs(state):
     assert ops["a"].op == "replace" and ops["a"].replace_keys == ("zone",)
     assert ops["b"].op == "update" and [(c.path, c.old, c.new) for c in ops["b"].changes] == [("size", 1, 2)]
     assert ops["c"].op == "delete" and ops["d"].op == "create"
-    assert p.summary() == {"create": 1, "update": 1, "replace": 1, "delete": 1, "same": 0}
+    assert p.summary() == {"create": 1, "update": 1, "replace": 1, "delete": 1, "options": 0, "same": 0}
     apply(state, prov, p)
     names = {r.urn.rsplit("::", 1)[1] for r in state.resources("s")}
     assert names == {"a", "b", "d"}

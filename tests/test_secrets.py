@@ -108,7 +108,7 @@ def test_a_missing_secret_is_named_before_anything_is_provisioned(engine, tmp_pa
 
 def test_environment_variables_win_and_group_files_are_found(engine, secrets_env, monkeypatch):
     import engine as flyte
-    from engine.lifecycle import lookup_secret
+    from engine.secrets import lookup_secret
 
     for k, v in secrets_env.items():
         monkeypatch.setenv(k, v)

@@ -193,7 +193,7 @@ def test_stacks_up_no_changes_destroy(kengine, k8s, tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         r = kengine("up", str(proj / "stacks"), "--json", env=env)
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["summary"] == {"create": 0, "update": 0, "replace": 0, "delete": 0, "same": 6}
+        assert json.loads(r.stdout)["summary"] == {"create": 0, "update": 0, "replace": 0, "delete": 0, "options": 0, "same": 6}
 
         # Drift: a label the program sets, changed out of band, is found by refresh and put back.
         from providers.kubernetes.generic import KINDS, _request

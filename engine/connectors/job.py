@@ -116,7 +116,7 @@ class ConnectorJob(Provider):
     def secrets(inputs: dict) -> dict[str, str]:
         """Keyword arguments for the connector, resolved at each call from the references in
         the inputs: a resumed or destroyed job needs them too, and no value is ever recorded."""
-        from ..lifecycle import resolve_secret
+        from ..secrets import resolve_secret
 
         return {kw: resolve_secret(Secret(**ref)) for kw, ref in (inputs.get("secrets") or {}).items()}
 
