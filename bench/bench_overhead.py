@@ -13,7 +13,10 @@ own SQLite record of local runs), the like-for-like anchor for "persisting state
 
 The Flyte interpreter: ``$FLYTE_PYTHON`` if set, else ``--flyte-venv`` (default
 /tmp/flyte-venv), created with ``python -m venv`` + ``pip install flyte`` when missing.
-Ratios are taskrig / Flyte (below 1: taskrig is faster). Goal: not slower than Flyte.
+A third series prices ``synchronous=FULL`` (every commit fsynced, what the engine does): the same
+calls on a state opened with NORMAL (``TASKRIG_SQLITE_SYNCHRONOUS=normal``, a benchmark knob).
+Ratios are taskrig / Flyte (below 1: taskrig is faster). Goal (issue 9): FULL at or below 0.5x
+Flyte.
 """
 
 from __future__ import annotations
@@ -99,29 +102,42 @@ def main() -> int:
 
     py = flyte_python(args.flyte_venv)
     per_round = max(1, args.n // args.rounds)
-    eng_s, fl_s, eng_first, fl_first = [], [], None, None
+    eng_s, normal_s, fl_s, eng_first, fl_first = [], [], [], None, None
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as d:
-        state_path = Path(d) / "state.db"
-        # Alternate the two sides so that both see the same background load (the machine is shared).
-        for _ in range(args.rounds):
+        state_path, normal_path = Path(d) / "state.db", Path(d) / "normal" / "state.db"
+        # Alternate the sides so that all see the same background load (the machine is shared).
+        for i in range(args.rounds):
             samples, first = time_engine(state_path, args.warmup, per_round)
             eng_s += samples
             eng_first = first if eng_first is None else eng_first  # round 0 created the state file
+            # The cost of synchronous=FULL: the same calls on a state opened with NORMAL (the
+            # connection is kept for the process, so the setting holds for every round).
+            if i == 0:
+                os.environ["TASKRIG_SQLITE_SYNCHRONOUS"] = "normal"
+            try:
+                normal_s += time_engine(normal_path, args.warmup, per_round)[0]
+            finally:
+                os.environ.pop("TASKRIG_SQLITE_SYNCHRONOUS", None)
             doc = time_flyte(py, args.warmup, per_round, persistence=False)
             fl_s += doc["samples_s"]
             fl_first = doc["first_call_s"] if fl_first is None else fl_first
-        st = State(state_path)
-        recorded = len(st.runs("bench_overhead", status=["succeeded"]))
-        st.close()
-    expected = args.rounds * (1 + args.warmup + per_round)
+        recorded = 0
+        for path in (state_path, normal_path):
+            st = State(path)
+            recorded += len(st.runs("bench_overhead", status=["succeeded"]))
+            st.close()
+    expected = 2 * args.rounds * (1 + args.warmup + per_round)
     if recorded != expected:
         raise SystemExit(f"the state recorded {recorded} succeeded runs, expected {expected}")
-    eng, fl = summarize(eng_s), summarize(fl_s)
+    eng, fl, normal = summarize(eng_s), summarize(fl_s), summarize(normal_s)
     fl_doc = time_flyte(py, min(args.warmup, 5), args.flyte_n_persist, persistence=True)
     flp = summarize(fl_doc["samples_s"])
 
     rows = [
-        ["taskrig engine.run (state persisted)", eng["n"], eng["median_ms"], eng["p90_ms"], eng["min_ms"], "1.000"],
+        ["taskrig engine.run (state persisted, synchronous=FULL)", eng["n"], eng["median_ms"], eng["p90_ms"],
+         eng["min_ms"], "1.000"],
+        ["taskrig engine.run, synchronous=NORMAL (to price FULL)", normal["n"], normal["median_ms"],
+         normal["p90_ms"], normal["min_ms"], ratio(eng["median_ms"], normal["median_ms"])],
         [f"flyte {fl_doc['flyte_version']} local run (default, nothing recorded)", fl["n"], fl["median_ms"],
          fl["p90_ms"], fl["min_ms"], ratio(eng["median_ms"], fl["median_ms"])],
         [f"flyte {fl_doc['flyte_version']} local run (local_persistence=True)", flp["n"], flp["median_ms"],
@@ -133,11 +149,14 @@ def main() -> int:
     print(table(["", "calls", "median ms", "p90 ms", "min ms", "taskrig/this (median)"], rows))
     r_default = ratio(eng["median_ms"], fl["median_ms"])
     print(f"\ntaskrig / flyte (median): {r_default}  (goal: <= 1.0, not slower than Flyte while persisting state)")
+    print(f"synchronous=FULL costs {eng['median_ms'] - normal['median_ms']:.3f} ms per run "
+          f"({ratio(eng['median_ms'], normal['median_ms'])}x NORMAL); goal for FULL: <= 0.5x Flyte")
     print(f"taskrig first call (creates the state file): {eng_first * 1000:.1f} ms; "
           f"flyte first call: {fl_first * 1000:.1f} ms")
     load = [round(x, 2) for x in os.getloadavg()]
     print(f"load average at the end (2 cores, shared machine): {load}")
-    emit({"bench": "overhead", "taskrig": eng, "flyte_local": fl, "flyte_local_persistence": flp,
+    emit({"bench": "overhead", "taskrig": eng, "taskrig_synchronous_normal": normal,
+          "full_over_normal": ratio(eng["median_ms"], normal["median_ms"]), "flyte_local": fl, "flyte_local_persistence": flp,
           "ratio_median_vs_flyte": r_default,
           "ratio_median_vs_flyte_persistence": ratio(eng["median_ms"], flp["median_ms"]),
           "goal_ratio": 1.0, "flyte_version": fl_doc["flyte_version"], "runs_recorded": recorded,

@@ -58,6 +58,31 @@ class _Node:
     late: bool = False  # a delete that waits for every forward step
 
 
+def _before_delete_first_replaces(steps: list[Step], deletes: dict[str, list[int]], nodes) -> set[str]:
+    """URNs being deleted that depend, directly or through each other, on a resource replaced
+    delete-first: the old copy of that goes before its replacement exists, so nothing may still
+    depend on it then. Their deletes run before those replaces, not after every forward step
+    (were the replacement's create to fail, a late delete would never run, and the state would
+    keep a dependent of a resource that no longer exists)."""
+    gone = {s.urn for s in steps if s.op == "replace" and s.delete_before_replace}
+    if not gone:
+        return set()
+    early: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for urn, idx in deletes.items():
+            if urn in early or urn in gone:
+                continue
+            for i in idx:
+                old = nodes[i].step.old
+                if any(d in gone or d in early for d in [*old.deps, *([old.parent] if old.parent else [])]):
+                    early.add(urn)
+                    grew = True
+                    break
+    return early
+
+
 def _nodes(steps: list[Step]) -> tuple[list[_Node], dict[int, set[int]]]:
     """The DAG: nodes and, for each, the nodes that must finish first (linear in steps plus
     edges: the late deletes share one barrier node instead of an edge to every forward step)."""
@@ -82,11 +107,15 @@ def _nodes(steps: list[Step]) -> tuple[list[_Node], dict[int, set[int]]]:
     pre[barrier] = set(forward.values())
     for i in replaced:
         pre[i].add(barrier)
+    early = _before_delete_first_replaces(steps, deletes, nodes)
     for urn, idx in deletes.items():
         for i in idx:
-            nodes[i].late = urn not in forward
+            nodes[i].late = urn not in forward and urn not in early
             if nodes[i].late:
                 pre[i].add(barrier)
+            elif urn in early:
+                for f in (forward[s.urn] for s in steps if s.op == "replace" and s.delete_before_replace):
+                    pre[f].add(i)
     for urn, idx in deletes.items():
         for i in idx:
             s = nodes[i].step
@@ -120,14 +149,26 @@ class Applier:
 
     def apply(self, plan: Plan) -> dict[str, Record]:
         """Run every step; returns the resulting record of each desired URN."""
-        nodes, pre = _nodes(plan.steps)
+        results: dict[str, Record] = {}
+        # "same" steps make no call and wait for nothing: settled here, outside the DAG (a
+        # no-change up of 100,000 resources is all of them). What waits on one finds it done.
+        steps = []
+        for step in plan.steps:
+            if step.op == "same":
+                rec = KINDS["same"].apply(self.ctx, step)
+                results[step.urn] = rec
+                self.on_done(StepResult(step, rec, 0.0))
+            else:
+                steps.append(step)
+        if not steps:
+            return results
+        nodes, pre = _nodes(steps)
         waiting = {i: len(p) for i, p in pre.items()}
         dependents: dict[int, list[int]] = {i: [] for i in pre}
         for i, p in pre.items():
             for j in p:
                 dependents[j].append(i)
         ready = collections.deque(i for i in range(len(nodes)) if not waiting[i])
-        results: dict[str, Record] = {}
         running: dict[cf.Future, int] = {}
         finished_count = 0
         error: BaseException | None = None
@@ -147,12 +188,6 @@ class Applier:
                     i = ready.popleft()
                     node = nodes[i]
                     if node.step is None:  # the barrier
-                        finish(i)
-                        continue
-                    if node.step.op == "same":  # no provider call: inline (100,000 of them in a no-change up)
-                        rec = node.kind.apply(self.ctx, node.step)
-                        results[node.step.urn] = rec
-                        self.on_done(StepResult(node.step, rec, 0.0))
                         finish(i)
                         continue
                     self.on_start(node.step)

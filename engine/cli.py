@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
+import os
 import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import click
 from rich.console import Console
@@ -16,8 +20,10 @@ from rich.table import Table
 
 from .errors import ConfigError, EngineError
 from .lifecycle import Session
-from .render import CollectingReporter, ConsoleReporter, iso, plan_json, print_plan, summary_line
+from .render import (PLAN_FORMAT_VERSION, CollectingReporter, ConsoleReporter, iso, plan_json, print_plan,
+                     summary_line)
 from .report import Reporter
+from .secrets import error_text, redact_text
 from .state import State, default_path
 
 # Piped output (a log, a pipeline) gets wide lines instead of the 80 columns rich assumes.
@@ -25,8 +31,61 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.st
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
+_DOC_FD = "taskrig.json_fd"
+
+
 def _emit_json(doc) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+    text = redact_text(json.dumps(doc, indent=2, sort_keys=False, default=str)) + "\n"  # the one redactor, last
+    ctx = click.get_current_context(silent=True)
+    target = ctx.meta.get(_DOC_FD) if ctx is not None else None
+    if isinstance(target, int):
+        data = text.encode()
+        while data:
+            data = data[os.write(target, data):]
+    else:
+        (target or sys.stdout).write(text)
+        (target or sys.stdout).flush()
+
+
+@contextlib.contextmanager
+def _stdout_for_the_document():
+    """While a ``--json`` command runs, file descriptor 1 points at stderr: whatever a task
+    prints, a subprocess writes or a library logs goes there, and stdout carries exactly the
+    one document, written to the real stdout at the end (``_emit_json``)."""
+    ctx = click.get_current_context()
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = None
+    if fd is None:  # no descriptor (an in-process runner): swap the Python-level streams only
+        ctx.meta[_DOC_FD] = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    saved = os.dup(fd)
+    os.dup2(sys.stderr.fileno(), fd)
+    ctx.meta[_DOC_FD] = saved
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        ctx.meta.pop(_DOC_FD, None)
+
+
+def json_option(f):
+    """``--json``: stdout is one JSON document and nothing else."""
+    @click.option("--json", "as_json", is_flag=True,
+                  help="Print one JSON document on stdout (everything else goes to stderr).")
+    @functools.wraps(f)
+    def wrapper(*a, as_json=False, **kw):
+        if not as_json:
+            return f(*a, as_json=False, **kw)
+        with _stdout_for_the_document():
+            return f(*a, as_json=True, **kw)
+    return wrapper
 
 
 def state_option(f):
@@ -44,6 +103,11 @@ def _session(state_path, backend=None, lock_timeout=0.0, reporter=None) -> Sessi
 
 def _open_existing(state_path: Path) -> State | None:
     return State(state_path) if state_path.exists() else None
+
+
+def _read_existing(state_path: Path) -> State | None:
+    """For commands that only look: no lock, no migration, nothing written."""
+    return State.reader(state_path) if state_path.exists() else None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,7 +143,7 @@ def connector_endpoint_option(f):
 @inputs_option
 @backend_option
 @connector_endpoint_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
 @state_option
 def preview(target, inputs, backend, as_json, detailed_exitcode, state_path):
@@ -94,7 +158,7 @@ def preview(target, inputs, backend, as_json, detailed_exitcode, state_path):
         title = f"Preview of stack {plan.stack} (Pulumi program {target}):"
     else:
         task = load_target(target)
-        plan = session.preview(task, parse_inputs(inputs))
+        plan = session.preview(task, task.bind(partial=True, **parse_inputs(inputs)))
         title = f"Preview of stack {plan.stack} (task {task.name}):"
     if as_json:
         _emit_json(plan_json(plan))
@@ -109,7 +173,7 @@ def preview(target, inputs, backend, as_json, detailed_exitcode, state_path):
 @inputs_option
 @backend_option
 @connector_endpoint_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.option("--lock-timeout", type=float, default=0.0, show_default=True,
               help="Seconds to wait for the stack's lock before exiting 3.")
 @state_option
@@ -134,7 +198,7 @@ def up(target, inputs, backend, as_json, lock_timeout, state_path):
     if as_json:
         _emit_json(_up_doc(task, reporter, result, None))
     else:
-        out.print(f"[bold]Result:[/bold] {escape(json.dumps(result.outputs, default=repr))}")
+        out.print(f"[bold]Result:[/bold] {escape(redact_text(json.dumps(result.outputs, default=repr)))}")
 
 
 def _up_program(target, as_json, lock_timeout, state_path) -> None:
@@ -151,14 +215,14 @@ def _up_program(target, as_json, lock_timeout, state_path) -> None:
 
 def _up_doc(task, reporter: CollectingReporter, result, error) -> dict:
     plan = reporter.phases.get("up_plan") or {"stack": task.env.name, "steps": [], "summary": {}}
-    doc = {"stack": task.env.name, "task": task.name,
+    doc = {"format_version": PLAN_FORMAT_VERSION, "stack": task.env.name, "task": task.name,
            "run_id": result.run["run_id"] if result else None,
            "status": result.run["status"] if result else "failed",
            "outputs": result.outputs if result else None,
            "steps": plan["steps"], "summary": plan["summary"],
            "applied": reporter.phases.get("up", []), "teardown": reporter.phases.get("teardown", [])}
     if error is not None:
-        doc["error"] = f"{type(error).__name__}: {error}"
+        doc["error"] = error_text(error)
     if reporter.messages:
         doc["messages"] = reporter.messages
     return doc
@@ -167,7 +231,7 @@ def _up_doc(task, reporter: CollectingReporter, result, error) -> dict:
 @cli.command()
 @click.argument("stack", required=False)
 @click.option("--all", "all_stacks", is_flag=True, help="Destroy every stack in the state.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--lock-timeout", type=float, default=0.0, show_default=True)
 @state_option
 def destroy(stack, all_stacks, as_json, lock_timeout, state_path):
@@ -195,7 +259,7 @@ def destroy(stack, all_stacks, as_json, lock_timeout, state_path):
 
 @cli.command()
 @click.argument("stack", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--lock-timeout", type=float, default=0.0, show_default=True)
 @state_option
 def refresh(stack, as_json, lock_timeout, state_path):
@@ -225,11 +289,11 @@ def state_group():
 
 @state_group.command("list")
 @click.option("--stack", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @state_option
 def state_list(stack, as_json, state_path):
     """Every recorded resource."""
-    state = _open_existing(state_path)
+    state = _read_existing(state_path)
     # Old copies of replaced resources are listed too, marked: they exist until their delete succeeds.
     records = (state.resources(stack) + state.pending_deletes(stack)) if state else []
     if as_json:
@@ -246,11 +310,11 @@ def state_list(stack, as_json, state_path):
 
 @state_group.command("show")
 @click.argument("urn")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @state_option
 def state_show(urn, as_json, state_path):
     """One resource with its inputs and outputs."""
-    state = _open_existing(state_path)
+    state = _read_existing(state_path)
     rec = state.resource(urn) if state else None
     if rec is None:
         raise ConfigError(f"no resource {urn} in {state_path}", "URN")
@@ -266,11 +330,11 @@ def state_show(urn, as_json, state_path):
 
 @cli.command()
 @click.option("--stack", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @state_option
 def runs(stack, as_json, state_path):
     """Runs, oldest first, with their status."""
-    state = _open_existing(state_path)
+    state = _read_existing(state_path)
     rows = state.runs(stack) if state else []
     docs = [{"run_id": r["run_id"], "stack": r["stack"], "task": r["task"], "status": r["status"],
              "started": iso(r["started"]), "finished": iso(r["finished"]), "error": r["error"]} for r in rows]
@@ -307,7 +371,7 @@ def image_group():
 @click.option("--builder", type=click.Choice(["local"]), default="local", show_default=True)
 @click.option("--force", is_flag=True, help="Build even when the state says this spec is built.")
 @inputs_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@json_option
 @click.option("--lock-timeout", type=float, default=0.0, show_default=True)
 @state_option
 def image_build(target, dry_run, builder, force, inputs, as_json, lock_timeout, state_path):
@@ -374,7 +438,7 @@ def connectors_serve(port, host, modules, metrics_port):
 
 @connectors_group.command("list")
 @modules_option
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def connectors_list(modules, as_json):
     """The connectors registered (and defined) after loading the modules."""
     from .connectors import ConnectorRegistry
@@ -399,24 +463,34 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _exit_code(argv) -> Callable[[int], int]:
+    """``preview --detailed-exitcode`` is Terraform's contract: 0 no changes, 2 changes, 1 any
+    error (bad input included, whose usual code 2 would read as "changes")."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--detailed-exitcode" in args and "preview" in args:
+        return lambda code: 1 if code else 0
+    return lambda code: code
+
+
 def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, _sigterm)
+    code = _exit_code(argv)
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        sys.exit(code(e.exit_code or 0))
     except click.ClickException as e:
         e.show()
-        sys.exit(2)
+        sys.exit(code(2))
     except EngineError as e:
-        err.print(f"[red]error:[/red] {escape(str(e))}")
-        sys.exit(e.exit_code)
+        err.print(f"[red]error:[/red] {escape(redact_text(str(e)))}")
+        sys.exit(code(e.exit_code or 0))
     except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C into Abort
         err.print("[yellow]interrupted; the run was torn down[/yellow]")
-        sys.exit(130)
+        sys.exit(code(130))
     except Exception:
-        traceback.print_exc()
-        sys.exit(1)
+        sys.stderr.write(redact_text(traceback.format_exc()))  # the whole chain, then redacted
+        sys.exit(code(1))
 
 
 if __name__ == "__main__":

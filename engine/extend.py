@@ -7,10 +7,13 @@ from .resource import (Declaration, Diff, Options, Owned, Provider, ProviderCont
                        make_urn)
 from .errors import ConfigError
 from .image import ImageBuildEngine
+from .runenv import native as native_env
+from .secrets import PLACEHOLDER_PREFIX, secret_digest, secret_placeholder
 
 __all__ = [
     "Attachment", "ConfigError", "Declaration", "DeclareContext", "Diff", "ImageBuildEngine", "NotFound", "Options",
-    "Owned", "Provider", "ProviderContext", "ProviderRegistry", "Read", "TaskPlugin", "TaskPluginRegistry", "Timeouts", "call_deadline", "make_urn",
+    "Owned", "Provider", "ProviderContext", "ProviderRegistry", "Read", "TaskPlugin", "TaskPluginRegistry", "Timeouts", "call_deadline", "make_urn", "native_env",
+    "PLACEHOLDER_PREFIX", "secret_digest", "secret_placeholder",
 ]
 
 

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import context
+from . import context, runenv
 from .apply import Applier
 from .errors import ConfigError, EngineError
 from .lock import StackLock
@@ -29,7 +29,7 @@ from .recover import expired, recover_stack
 from .registry import ProviderRegistry, TaskPluginRegistry
 from .report import Reporter
 from .sdk import Secret
-from .secrets import (redact_exception, remove_secret_files, resolve_secret, resolve_secrets,
+from .secrets import (error_text, remove_secret_files, resolve_secret, resolve_secrets,
                       write_secret_files)
 from .resource import Declaration, Diff, ProviderContext, Read, Record
 from .snapshot import SnapshotManager
@@ -125,7 +125,7 @@ class Session:
         try:
             self._applier(state, stack, run_id, reason="idle_ttl expired").apply(deletion_plan(stack, records))
         except BaseException as e:
-            state.update_run(run_id, status="failed", finished=time.time(), error=str(e))
+            state.update_run(run_id, status="failed", finished=time.time(), error=error_text(e))
             raise
         state.update_run(run_id, status="succeeded", finished=time.time())
 
@@ -208,7 +208,7 @@ class Session:
         prep = self.prepare(task, inputs or {})
         if not self.state_path.exists():
             return make_plan(task.env.name, prep.decls, [], {}, run_id=prep.run_id)
-        state = self.open_state()
+        state = State.reader(self.state_path)  # lock-free and read-only: an `up` may be running
         try:
             return self._plan(state, task.env.name, prep.decls, prep.run_id)
         finally:
@@ -292,8 +292,7 @@ class Session:
             status, error = "interrupted", "cancelled"
             raise
         except BaseException as e:
-            redact_exception(e, prep.secret_values)
-            error = f"{type(e).__name__}: {e}"
+            error = error_text(e)
             raise
         finally:
             # A second Ctrl-C while this runs leaves the run 'tearing_down' with open intents;
@@ -303,8 +302,7 @@ class Session:
                 self._teardown(state, stack, run_id, nested=prep.nested, urns=[d.urn for d in prep.decls])
             except BaseException as e:
                 # Left 'tearing_down' on purpose: the next command on the stack finishes it.
-                redact_exception(e, prep.secret_values)
-                error = f"{error + '; ' if error else ''}teardown failed: {type(e).__name__}: {e}"
+                error = f"{error + '; ' if error else ''}teardown failed: {error_text(e)}"
                 state.update_run(run_id, error=error)
                 raise
             state.update_run(run_id, status=status, finished=time.time(), error=error,
@@ -333,12 +331,11 @@ class Session:
         if prep.secret_files:
             mount_dir, paths = write_secret_files(prep.run_id, prep.secret_files)
             env_vars.update(paths)
-        saved = {k: os.environ.get(k) for k in env_vars}
         token = context.enter(tc)
         self.reporter.task_start(task.name, prep.run_id)
         try:
-            os.environ.update(env_vars)
-            with contextlib.ExitStack() as stack:
+            # The run's variables in its own view of os.environ, never the process's (runenv).
+            with runenv.scoped(env_vars), contextlib.ExitStack() as stack:
                 for a in attachments:
                     for cm in a.contexts:
                         stack.enter_context(cm())
@@ -350,11 +347,6 @@ class Session:
             context.leave(token)
             if mount_dir is not None:
                 shutil.rmtree(mount_dir, ignore_errors=True)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def _teardown(self, state: State, stack: str, run_id: str, nested: bool = False, urns=()) -> None:
         if nested:  # its own declared resources, by key (see _plan); the caller handles the rest
@@ -396,7 +388,7 @@ class Session:
         project, decls = self.program_declarations(target, stack)
         if not self.state_path.exists():
             return make_plan(project.name, decls, [], {})
-        state = self.open_state()
+        state = State.reader(self.state_path)
         try:
             return self._plan(state, project.name, decls, None)
         finally:
@@ -416,7 +408,7 @@ class Session:
                     self.reporter.plan(plan, "up")
                     self._applier(state, project.name, run_id).apply(plan)
                 except BaseException as e:
-                    state.update_run(run_id, status="failed", finished=time.time(), error=f"{type(e).__name__}: {e}")
+                    state.update_run(run_id, status="failed", finished=time.time(), error=error_text(e))
                     raise
                 state.update_run(run_id, status="succeeded", finished=time.time())
                 return plan, state.run(run_id)
@@ -436,7 +428,7 @@ class Session:
                     try:
                         self._applier(state, stack, run_id, reason="destroy").apply(plan)
                     except BaseException as e:
-                        state.update_run(run_id, status="failed", finished=time.time(), error=str(e))
+                        state.update_run(run_id, status="failed", finished=time.time(), error=error_text(e))
                         raise
                     state.update_run(run_id, status="succeeded", finished=time.time())
                 return plan

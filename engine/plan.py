@@ -11,19 +11,24 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import paths
 from .errors import ConfigError
-from .resource import Declaration, Diff, Record, covers, get_path
+from .paths import Path
+from .resource import Declaration, Diff, Record
 
 OPS = ("create", "update", "replace", "delete", "same", "read", "options")
 # Ops that change something (``options``: only what the state records about a resource, its
 # options, dependencies, parent, idle TTL or reusability: no provider call, as Pulumi's update
 # of options alone).
 CHANGING = ("create", "update", "replace", "delete", "options")
+# The change a new type token shows as (it always forces a replacement).
+TYPE_PATH: Path = ("type",)
+_NO_DIFF = Diff()
 
 
 @dataclass
 class Change:
-    path: str
+    path: Path  # ``engine.paths``: shown as ``paths.render(path)``
     old: Any
     new: Any
 
@@ -36,7 +41,7 @@ class Step:
     new: Declaration | None = None
     old: Record | None = None
     changes: list[Change] = field(default_factory=list)
-    replace_keys: tuple[str, ...] = ()
+    replace_keys: tuple[Path, ...] = ()
     delete_before_replace: bool = False
     reason: str | None = None
 
@@ -64,37 +69,39 @@ class Plan:
         return any(s.op in CHANGING for s in self.steps)
 
 
-def _set_path(target: dict, path: str, value: Any, present: bool) -> None:
-    parts = path.split(".")
-    for p in parts[:-1]:
-        nxt = target.get(p)
-        if not isinstance(nxt, dict):
-            if not present:
-                return
-            nxt = target[p] = {}
-        target = nxt
-    if present:
-        target[parts[-1]] = value
-    else:
-        target.pop(parts[-1], None)
-
-
-def _missing(value: dict, path: str) -> bool:
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return True
-        value = value[part]
-    return False
-
-
-def apply_ignore_changes(old: dict, new: dict, ignore: tuple[str, ...]) -> dict:
-    """New inputs with the recorded value kept at every ignored path (Pulumi's ``ignoreChanges``)."""
+def apply_ignore_changes(old: dict, new: dict, ignore: tuple[Path, ...]) -> dict:
+    """New inputs with the recorded value kept at every ignored path (Pulumi's ``ignoreChanges``);
+    a wildcard names every key or index that either side has there."""
     if not ignore:
         return new
     merged = copy.deepcopy(new)
-    for path in ignore:
-        _set_path(merged, path, copy.deepcopy(get_path(old, path)), not _missing(old, path))
+    for pattern in ignore:
+        for path in paths.expand(pattern, old, new):
+            paths.reset(merged, path, old)
     return merged
+
+
+def _check_paths(d: Declaration) -> None:
+    """A bad path is an error at the first plan, a create's too, not at the first change."""
+    if d.options.ignore_changes:
+        paths.patterns(d.options.ignore_changes, "options.ignore_changes", d.urn)
+    if d.options.replace_on_changes:
+        paths.patterns(d.options.replace_on_changes, "options.replace_on_changes", d.urn)
+
+
+def _ignore_changes(old: Record, d: Declaration, changed) -> tuple[Declaration, list[Path]]:
+    """The declaration with its ignored paths reset to the record, and the changes left. The
+    provider's changes under an ignored path go; one above it (a provider that reports a whole
+    map) stays only if something else in it still differs."""
+    ignore = paths.patterns(d.options.ignore_changes, "options.ignore_changes", d.urn)
+    changed = [p for p in changed if not paths.covered(p, ignore)]
+    differ = old.inputs != d.inputs and any(paths.lookup(old.inputs, p) != paths.lookup(d.inputs, p)
+                                            for pattern in ignore for p in paths.expand(pattern, old.inputs, d.inputs))
+    if not differ:  # the common case copies nothing: a no-change plan of 100,000 stays cheap
+        return d, changed
+    d = dataclasses.replace(d, inputs=apply_ignore_changes(old.inputs, d.inputs, ignore))
+    return d, [p for p in changed if not any(paths.above(p, i) for i in ignore)
+               or paths.lookup(old.inputs, p) != paths.lookup(d.inputs, p)]
 
 
 def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: dict[str, Diff],
@@ -112,6 +119,7 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
         if d.urn in seen:
             raise ConfigError(f"two resources declare the URN {d.urn}", "urn")
         seen.add(d.urn)
+        _check_paths(d)
         if d.read_only:
             steps.append(Step("read", d.urn, d.type, new=d))
             continue
@@ -125,17 +133,17 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
         if old is None:
             steps.append(Step("create", d.urn, d.type, new=d))
             continue
-        diff = diffs.get(d.urn, Diff())
-        ignore = d.options.ignore_changes
-        changed = [p for p in diff.changed if not any(covers(i, p) for i in ignore)]
-        if ignore:  # a copy only when inputs change: a no-change plan of 100,000 makes none
-            d = dataclasses.replace(d, inputs=apply_ignore_changes(old.inputs, d.inputs, ignore))
+        diff = diffs.get(d.urn, _NO_DIFF)
+        changed = diff.changed
+        if d.options.ignore_changes:
+            d, changed = _ignore_changes(old, d, changed)
         if old.type != d.type:
-            changed = changed or ["type"]
-        changes = [Change(p, get_path(old.inputs, p), get_path(d.inputs, p)) for p in changed]
+            changed = changed or [TYPE_PATH]
+        changes = [Change(p, paths.get(old.inputs, p), paths.get(d.inputs, p)) for p in changed]
+        replace_on = (paths.patterns(d.options.replace_on_changes, "options.replace_on_changes", d.urn)
+                      if d.options.replace_on_changes else ())
         replace = tuple(p for p in changed
-                        if p in diff.replace_keys or p == "type"
-                        or any(covers(k, p) for k in d.options.replace_on_changes))
+                        if p in diff.replace_keys or p == TYPE_PATH or paths.covered(p, replace_on))
         if not changed:
             meta = option_changes(old, d)
             steps.append(Step("options", d.urn, d.type, new=d, old=old, changes=meta) if meta
@@ -183,9 +191,9 @@ def option_changes(old: Record, d: Declaration) -> list[Change]:
                 if k in PLAN_TIME_OPTIONS:
                     continue
                 if before["options"].get(k) != after["options"][k]:
-                    out.append(Change(f"options.{k}", before["options"].get(k), after["options"][k]))
+                    out.append(Change(("options", k), before["options"].get(k), after["options"][k]))
         elif before[key] != after[key]:
-            out.append(Change(key, before[key], after[key]))
+            out.append(Change((key,), before[key], after[key]))
     return out
 
 

@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
-from .resource import Declaration, Options, make_urn
+from .resource import DEFAULT_OPTIONS, Declaration, Options, make_urn
 
 
 @dataclass
@@ -35,7 +35,7 @@ class DeclareContext:
         ephemeral = kw.pop("ephemeral", not self.reusable)
         physical = f"{self.stack}-{self.run_id}-{name}" if ephemeral else f"{self.stack}-{name}"
         return Declaration(urn=make_urn(self.stack, type_token, name), type=type_token, inputs=inputs,
-                           deps=deps or [], options=options or Options(), ephemeral=ephemeral,
+                           deps=deps or [], options=options or DEFAULT_OPTIONS, ephemeral=ephemeral,
                            physical_name=physical, idle_ttl=None if ephemeral else self.idle_ttl, **kw)
 
 

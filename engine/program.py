@@ -12,7 +12,7 @@ its real counterpart computes at check time and a program reads back, such as Ku
 program says (``secret_fields(inputs)``, a Secret's data); see providers/kubernetes/generic.py.
 
 Values the program marks secret (``pulumi.Output.secret``) are recorded as placeholders
-(``(secret sha256:...)``, a hash, so a changed secret is still a change) and reach the
+(``(secret hmac:...)``, a keyed digest, so a changed secret is still a change) and reach the
 provider only through ``Declaration.secret_inputs``: never the state, the plan or the journal.
 Numbers arrive as protobuf doubles; integral ones become ints again, as Pulumi's Go providers
 read them (``replicas: 2``, not ``2.0``).
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import os
 import re
 import runpy
@@ -37,6 +36,7 @@ from .errors import ConfigError, TargetError
 from .lock import check_stack_name
 from .registry import ProviderRegistry
 from .resource import Declaration, Options, Provider, Timeouts, make_urn
+from .secrets import secret_placeholder
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 
@@ -336,12 +336,6 @@ _SECRET = "1b47061264138c4ac30d75fd1eb44270"
 _RESOURCE = "5cf8f73096256a8f31e491e813e4eb8e"
 _OUTPUT = "d0e6a833031e9bbcd3f4e8bde6ca49a4"
 _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
-
-
-def secret_placeholder(value: str) -> str:
-    """What the state records for a secret string: the format providers/kubernetes compares
-    live values with (``objects.unredact_equal``)."""
-    return f"(secret sha256:{hashlib.sha256(str(value).encode()).hexdigest()[:16]})"
 
 
 def split_secrets(struct: Any) -> tuple[dict, dict]:

@@ -103,8 +103,7 @@ def tidy(state: State, stack: str, providers, report=lambda msg: None) -> None:
             provider = providers(type_)
         except Exception:  # noqa: BLE001 - an uninstalled provider has nothing running here
             continue
-        hook = getattr(type(provider), "tidy", None)
-        if hook is None or hook is getattr(Provider, "tidy", None):
+        if type(provider).tidy is Provider.tidy:
             continue  # most providers have nothing to tidy: no need to load the stack's rows
         if records is None:
             records = state.resources(stack) + state.pending_deletes(stack)

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from .paths import render as render_path
 from .plan import Plan, Step
 from .report import Reporter
 
@@ -35,14 +36,19 @@ def iso(ts: float | None) -> str | None:
 def step_json(step: Step) -> dict:
     return {
         "op": step.op, "urn": step.urn, "type": step.type, "inputs": step.inputs,
-        "diff": {c.path: {"old": c.old, "new": c.new} for c in step.changes},
-        **({"replace_keys": list(step.replace_keys)} if step.replace_keys else {}),
+        "diff": {render_path(c.path): {"old": c.old, "new": c.new} for c in step.changes},
+        **({"replace_keys": [render_path(p) for p in step.replace_keys]} if step.replace_keys else {}),
         **({"reason": step.reason} if step.reason else {}),
     }
 
 
+# The plan document's version (Terraform's ``format_version``): the minor number grows when
+# fields are added, the major one only when a field changes meaning or goes away.
+PLAN_FORMAT_VERSION = "1.0"
+
+
 def plan_json(plan: Plan) -> dict:
-    return {"stack": plan.stack, "steps": [step_json(s) for s in plan.steps], "summary": plan.summary()}
+    return {"format_version": PLAN_FORMAT_VERSION, "stack": plan.stack, "steps": [step_json(s) for s in plan.steps], "summary": plan.summary()}
 
 
 def summary_line(plan: Plan) -> str:
@@ -68,7 +74,7 @@ def print_plan(console: Console, plan: Plan, title: str | None = None) -> None:
                 console.print(f"       [green]+ {escape(k)}: {escape(_short(v))}[/green]")
         for c in step.changes:
             mark = "[magenta](forces replacement)[/magenta]" if c.path in step.replace_keys else ""
-            console.print(f"       [yellow]~ {escape(c.path)}: {escape(_short(c.old))} => {escape(_short(c.new))}[/yellow] {mark}")
+            console.print(f"       [yellow]~ {escape(render_path(c.path))}: {escape(_short(c.old))} => {escape(_short(c.new))}[/yellow] {mark}")
     console.print(summary_line(plan))
 
 

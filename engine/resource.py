@@ -12,6 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import paths
+from .paths import Path
+
 URN_PREFIX = "urn:engine:"
 
 
@@ -41,6 +44,8 @@ class Options:
 
     protect: bool = False
     delete_before_replace: bool = False
+    # Property paths in Pulumi's syntax (``labels["app.kubernetes.io/version"]``), kept as
+    # written: ``engine.plan`` parses them (cached) and names the option if one does not parse.
     replace_on_changes: tuple[str, ...] = ()
     ignore_changes: tuple[str, ...] = ()
     retain_on_delete: bool = False
@@ -62,6 +67,10 @@ class Options:
         d["ignore_changes"] = tuple(d.get("ignore_changes") or ())
         d["timeouts"] = Timeouts(**(d.get("timeouts") or {}))
         return cls(**d)
+
+
+# Options is frozen: one default instance serves every declaration that sets none.
+DEFAULT_OPTIONS = Options()
 
 
 @dataclass
@@ -117,44 +126,31 @@ class Record:
 class Diff:
     """What a provider says about old versus new inputs.
 
-    ``changed`` are dotted property paths; a path in ``replace_keys`` forces a replacement.
+    ``changed`` are property paths (``engine.paths``: tuples of keys and indices, or strings in
+    Pulumi's syntax, parsed here once); a path in ``replace_keys`` forces a replacement.
     """
 
-    changed: tuple[str, ...] = ()
-    replace_keys: tuple[str, ...] = ()
+    changed: tuple[Path, ...] = ()
+    replace_keys: tuple[Path, ...] = ()
     delete_before_replace: bool = False
+
+    def __post_init__(self):
+        for name in ("changed", "replace_keys"):
+            value = getattr(self, name)
+            if value == ():
+                continue
+            if type(value) is not tuple or not all(type(p) is tuple for p in value):
+                try:
+                    object.__setattr__(self, name, paths.as_paths(value))
+                except paths.PathError as e:
+                    raise paths.PathError(f"Diff.{name}: {e}") from None
 
     @property
     def changes(self) -> bool:
         return bool(self.changed)
 
 
-def property_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths where two JSON-like values differ (dicts recursed, lists compared whole)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for k in sorted(set(old) | set(new), key=str):
-            p = f"{prefix}.{k}" if prefix else str(k)
-            if k not in old or k not in new:
-                out.append(p)
-            else:
-                out.extend(property_paths(old[k], new[k], p))
-        return out
-    return [] if old == new else [prefix or "."]
-
-
-def get_path(value: Any, path: str) -> Any:
-    for part in path.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        else:
-            return None
-    return value
-
-
-def covers(pattern: str, path: str) -> bool:
-    """``workers`` covers ``workers.number_of_workers``; ``*`` covers everything."""
-    return pattern == "*" or path == pattern or path.startswith(pattern + ".")
+NO_DIFF = Diff()
 
 
 @dataclass
@@ -206,7 +202,8 @@ class Provider:
     """
 
     type_token: str = ""
-    replace_keys: tuple[str, ...] = ()
+    # Property paths (Pulumi syntax or tuples) whose change forces a replacement; ``*``: any.
+    replace_keys: tuple[str | Path, ...] = ()
     refresh_on_up: bool = False
     delete_before_replace: bool = False
 
@@ -217,9 +214,13 @@ class Provider:
         return inputs
 
     def diff(self, old_inputs: dict, new_inputs: dict) -> Diff:
-        changed = tuple(property_paths(old_inputs, new_inputs))
-        replace = tuple(p for p in changed if any(covers(k, p) for k in self.replace_keys))
-        return Diff(changed=changed, replace_keys=replace)
+        if old_inputs == new_inputs:  # the common case, compared in C
+            return NO_DIFF
+        changed = tuple(paths.diff(old_inputs, new_inputs))
+        if not changed:
+            return NO_DIFF
+        keys = paths.patterns(self.replace_keys, "replace_keys", type(self).__name__)
+        return Diff(changed=changed, replace_keys=tuple(p for p in changed if paths.covered(p, keys)))
 
     def create(self, urn: str, inputs: dict, idempotency_key: str) -> tuple[str, dict]:
         raise NotImplementedError
@@ -232,6 +233,13 @@ class Provider:
 
     def delete(self, id: str, inputs: dict, outputs: dict | None) -> None:
         raise NotImplementedError
+
+    def tidy(self, stack: str, records: list[Record]):
+        """Cleanup that a read only observes (a dead local cluster's processes and folder, nodes
+        the record does not list), done by recovery under the stack's lock: ``read`` never
+        changes anything, since a preview may call it while an ``up`` is running. ``records``
+        are this type's rows of ``stack``; returns messages saying what was done."""
+        return ()
 
     def owned(self, stack: str) -> list[Owned] | None:
         """Everything that exists labelled as ``stack``'s, for the orphan sweep of recovery

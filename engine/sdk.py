@@ -288,10 +288,13 @@ class Task:
         self.env.tasks[t.short_name] = t
         return t
 
-    def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Positional and keyword arguments as named inputs, checked against the signature."""
+    def bind(self, *args: Any, partial: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """Positional and keyword arguments as named inputs, checked against the signature.
+        ``partial``: inputs may be missing (a preview, which plans without running the body),
+        never unknown."""
         try:
-            bound = inspect.signature(self.fn).bind(*args, **kwargs)
+            sig = inspect.signature(self.fn)
+            bound = sig.bind_partial(*args, **kwargs) if partial else sig.bind(*args, **kwargs)
         except TypeError as e:
             raise ConfigError(f"{e}", f"inputs of {self.name}") from None
         bound.apply_defaults()

@@ -1,15 +1,21 @@
-"""Secrets: finding a run's secret values, mounting them as files, and keeping them out of
-everything recorded or printed.
+"""Secrets: finding a run's secret values, mounting them as files, keeping them out of
+everything recorded or printed, and the keyed digest that stands for them in the state.
 
 A value is registered with the redactor as soon as it is resolved; ``redact_text`` masks every
 registered value, so the one boundary rule is: text that is recorded (state, journal) or
-printed (stderr, ``--json``) passes ``redact_text`` last, whatever produced it.
+printed (stderr, ``--json``) passes ``redact_text`` last, whatever produced it. It works on the
+final text, never on an exception's arguments: a library's error may hold the value in a list
+(``CalledProcessError``), a filename (``OSError``), a dict or its own ``__str__``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path, PurePosixPath
@@ -17,15 +23,33 @@ from pathlib import Path, PurePosixPath
 from .errors import ConfigError
 from .sdk import Secret
 
-# The redactor's registry: every secret value this process has resolved. Never shrinks (a value
-# once a secret stays masked: an error raised after its run ended may still quote it).
+# The redactor's registry: every secret value this process has resolved, with the forms it
+# takes once quoted (``repr`` in a list's or a filename's text, JSON escapes in ``--json``).
+# Never shrinks (a value once a secret stays masked: an error raised after its run ended may
+# still quote it).
 _values: set[str] = set()
 _values_lock = threading.Lock()
+_MASK = "[secret]"
+
+
+def _quoted_forms(value: str) -> set[str]:
+    """``value`` as it reads inside a repr and inside JSON, and each of those quoted again
+    (a repr'd list inside a JSON document)."""
+    escapes = (lambda v: repr(v)[1:-1], lambda v: json.dumps(v)[1:-1],
+               lambda v: json.dumps(v, ensure_ascii=False)[1:-1])
+    forms = {value}
+    for _ in range(2):
+        forms |= {esc(f) for f in forms for esc in escapes}
+    return forms
 
 
 def register(values) -> None:
+    forms = set()
+    for v in values:
+        if isinstance(v, str) and len(v) >= 3:
+            forms |= _quoted_forms(v)
     with _values_lock:
-        _values.update(v for v in values if isinstance(v, str) and len(v) >= 3)
+        _values.update(forms)
 
 
 def redact_text(text: str | None) -> str | None:
@@ -36,8 +60,101 @@ def redact_text(text: str | None) -> str | None:
         values = sorted(_values, key=len, reverse=True)
     for v in values:
         if v in text:
-            text = text.replace(v, "[secret]")
+            text = text.replace(v, _MASK)
     return text
+
+
+def _one_line(e: BaseException) -> str:
+    try:
+        text = str(e)
+    except Exception:  # a str() that fails (a py4j error asking a dead JVM)
+        text = "(its message could not be read)"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def error_text(e: BaseException) -> str:
+    """The one line an error is recorded and reported as, redacted: each exception of the
+    chain (``raise ... from``, or raised while handling another) that the text so far does not
+    already quote (``ProviderError`` quotes its cause)."""
+    text, seen = "", set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        part = _one_line(e)
+        if part not in text:
+            text = f"{text} <- {part}" if text else part
+        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+    return redact_text(text)
+
+
+# ------------------------------------------------------------------ the digest of a secret
+KEY_FILE = "hmac.key"
+_keys: dict[Path, bytes] = {}
+_keys_lock = threading.Lock()
+
+
+def config_dir() -> Path:
+    """Where the engine keeps what must not live in a state file: ``$TASKRIG_CONFIG_DIR``,
+    else ``$XDG_CONFIG_HOME/taskrig``, else ``~/.config/taskrig``."""
+    if os.environ.get("TASKRIG_CONFIG_DIR"):
+        return Path(os.environ["TASKRIG_CONFIG_DIR"])
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "taskrig"
+
+
+def _create_key(path: Path) -> None:
+    """32 random bytes, 0600, in a 0700 folder. Written whole to a temporary file, then
+    hard-linked into place: of two processes racing, one link wins and both read its key."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE}.")  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def hmac_key() -> bytes:
+    """This user's digest key (see ``config_dir``), created on first use. Kept outside the
+    state file, so the state's digests cannot be checked against guesses without it."""
+    path = config_dir() / KEY_FILE
+    with _keys_lock:
+        if path in _keys:
+            return _keys[path]
+        if not path.exists():
+            _create_key(path)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(f"{path} is readable by others (mode {mode:o}): chmod 600 it", "TASKRIG_CONFIG_DIR")
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise ConfigError(f"{path} is not an HMAC key (32 bytes expected, {len(key)} found): remove it and "
+                              f"a new one is made (every recorded secret then shows as changed once)",
+                              "TASKRIG_CONFIG_DIR")
+        _keys[path] = key
+        return key
+
+
+def secret_digest(value: str) -> str:
+    """HMAC-SHA256 of ``value`` under this user's key, in hex: the same value always gives
+    the same digest (a changed secret is a change), and a short secret cannot be recovered
+    from it by hashing guesses, as it could from a bare hash."""
+    return hmac.new(hmac_key(), str(value).encode(), hashlib.sha256).hexdigest()
+
+
+PLACEHOLDER_PREFIX = "(secret hmac:"
+
+
+def secret_placeholder(value: str) -> str:
+    """What a state, a plan or ``--json`` holds instead of a secret string. The value is
+    registered with the redactor too: an error that quotes it is masked."""
+    register([str(value)])
+    return f"{PLACEHOLDER_PREFIX}{secret_digest(value)[:32]})"
 
 
 def lookup_secret(s: Secret) -> str | None:
@@ -117,24 +234,3 @@ def remove_secret_files(run_ids: list[str]) -> None:
     for run_id in run_ids:
         for d in Path(_mount_base()).glob(f"{_MOUNT_PREFIX}{run_id}-*"):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def redact(text: str | None, values) -> str | None:
-    """``text`` with every secret value masked (values shorter than 3 would mask too much)."""
-    if not text:
-        return text
-    for v in sorted((v for v in values if v and len(v) >= 3), key=len, reverse=True):
-        text = text.replace(v, "[secret]")
-    return text
-
-
-def redact_exception(e: BaseException, values) -> None:
-    """Mask secret values in an exception chain's messages, in place, before the error is
-    recorded or printed: a library that quotes its credentials (an auth error showing the
-    token) must not put them in the state file or a log."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if any(isinstance(a, str) and a != redact(a, values) for a in e.args):
-            e.args = tuple(redact(a, values) if isinstance(a, str) else a for a in e.args)
-        e = e.__cause__ or e.__context__

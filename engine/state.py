@@ -102,6 +102,24 @@ _RESOURCE_COLUMNS = (
 )
 
 
+# The resource columns in the order ``State.resources`` reads them.
+_RECORD_SELECT = ("urn, type, stack, id, inputs, outputs, deps, options, ephemeral, run_id, parent, idle_ttl, "
+                  "last_used, created")
+
+# Every table at the current schema; ``kind`` is "" or "temp" (a read-only view's empty stand-ins).
+_TABLES = {
+    "meta": "create {kind} table if not exists {name} ([key] text primary key, [value] text)",
+    "runs": ("create {kind} table if not exists {name} (run_id text primary key, stack text, task text, status text, "
+             "started float, finished float, error text, pid integer, host text, parent_run text, "
+             "inputs text, outputs text, kind text)"),
+    "resources": f"create {{kind}} table if not exists {{name}} ({_RESOURCE_COLUMNS}, primary key (urn))",
+    "journal": ("create {kind} table if not exists {name} (seq integer primary key, run_id text, stack text, urn text, "
+                "type text, op text, name text, status text, inputs text, started float, finished float, "
+                "error text, reason text, decl text)"),
+    "pending_deletes": f"create {{kind}} table if not exists {{name}} ({_RESOURCE_COLUMNS}, primary key (urn, id))",
+}
+
+
 class State:
     """One open state database. Thread-safe: apply calls it from its worker threads.
 
@@ -123,6 +141,27 @@ class State:
                 st._keep_open = True
             return st
 
+    @classmethod
+    def reader(cls, path: str | os.PathLike) -> "State":
+        """A read-only view of an existing file, for commands that only look (preview, ``state
+        list``, ``runs``): no lock, no migration, and SQLite refuses any write. A table that an
+        older (or empty) file lacks reads as empty, from a stand-in in the connection's own
+        temporary schema, so the file itself is never touched."""
+        self = cls.__new__(cls)
+        self._keep_open = False
+        self.path = Path(path)
+        _validate_existing(self.path)
+        self._mutex = threading.RLock()
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30,
+                               isolation_level=None)
+        conn.execute("pragma busy_timeout=30000")
+        present = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+        for table, ddl in _TABLES.items():
+            if table not in present:
+                conn.execute(ddl.format(kind="temp", name=table))
+        self.db = sqlite_utils.Database(conn)
+        return self
+
     def __init__(self, path: str | os.PathLike | None = None):
         self._keep_open = False
         self.path = Path(path) if path else default_path()
@@ -141,7 +180,12 @@ class State:
             conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
             conn.execute("pragma busy_timeout=30000")
             conn.execute("pragma journal_mode=wal")
-            conn.execute("pragma synchronous=full")
+            # FULL: a committed intent survives a power cut. The benchmarks measure its cost against
+            # NORMAL with this variable (bench/bench_overhead.py); nothing else should set it.
+            sync = os.environ.get("TASKRIG_SQLITE_SYNCHRONOUS", "full").lower()
+            if sync not in ("full", "normal"):
+                raise StateError(f"TASKRIG_SQLITE_SYNCHRONOUS={sync!r}: expected full or normal")
+            conn.execute(f"pragma synchronous={sync}")
             self.db = sqlite_utils.Database(conn)
             self._migrate()
         finally:
@@ -161,22 +205,15 @@ class State:
             return
         with self._tx():
             # Idempotent creates: two processes opening a new file at once both succeed.
-            db.execute("create table if not exists meta ([key] text primary key, [value] text)")
+            db.execute(_TABLES["meta"].format(kind="", name="meta"))
             if version < 1:
-                db.execute(
-                    "create table if not exists runs (run_id text primary key, stack text, task text, status text, "
-                    "started float, finished float, error text, pid integer, host text, parent_run text, "
-                    "inputs text, outputs text, kind text)")
+                for table in ("runs", "resources", "journal"):
+                    db.execute(_TABLES[table].format(kind="", name=table))
                 db.execute("create index if not exists idx_runs_stack_status on runs (stack, status)")
-                db.execute(f"create table if not exists resources ({_RESOURCE_COLUMNS}, primary key (urn))")
                 db.execute("create index if not exists idx_resources_stack on resources (stack)")
-                db.execute(
-                    "create table if not exists journal (seq integer primary key, run_id text, stack text, urn text, "
-                    "type text, op text, name text, status text, inputs text, started float, finished float, "
-                    "error text, reason text, decl text)")
                 db.execute("create index if not exists idx_journal_stack_status on journal (stack, status)")
             if version < 2:
-                db.execute(f"create table if not exists pending_deletes ({_RESOURCE_COLUMNS}, primary key (urn, id))")
+                db.execute(_TABLES["pending_deletes"].format(kind="", name="pending_deletes"))
                 db.execute("create index if not exists idx_pending_deletes_stack on pending_deletes (stack)")
             db.execute("insert or replace into meta (key, value) values ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
@@ -254,9 +291,18 @@ class State:
             where.append("stack = ?"); args.append(stack)
         if ephemeral is not None:
             where.append("ephemeral = ?"); args.append(int(ephemeral))
+        sql = f"select {_RECORD_SELECT} from resources"
+        if where:
+            sql += " where " + " and ".join(where)
         with self._mutex:
-            rows = self.db["resources"].rows_where(" and ".join(where) or None, args, order_by="created")
-            return [self._record(r) for r in rows]
+            # Plain tuples, not sqlite_utils' dict rows: a plan of 100,000 reads them all.
+            rows = self.db.conn.execute(sql + " order by created", args).fetchall()
+        loads, record, options = json.loads, Record, _options
+        return [record(urn=r[0], type=r[1], stack=r[2], id=r[3], inputs=loads(r[4] or "{}"),
+                       outputs=loads(r[5] or "{}"), deps=loads(r[6]) if r[6] not in (None, "[]") else [],
+                       options=options(r[7]), ephemeral=bool(r[8]), run_id=r[9], parent=r[10], idle_ttl=r[11],
+                       last_used=r[12], created=r[13])
+                for r in rows]
 
     def has_reusable(self, stack: str) -> bool:
         with self._mutex:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from .errors import NotFound
 from .plan import Step
 from .resource import Declaration, Provider, Read, Record, _call_deadline
+from .secrets import error_text
 from .snapshot import Intent, SnapshotManager, decl_record
 from .resource import Options
 
@@ -61,7 +62,7 @@ def fault_point(op: str, point: str) -> None:
 
 
 def _error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
+    return error_text(e)  # the chain, redacted (the state redacts what it writes again)
 
 
 # ---------------------------------------------------------------------- the executor's context

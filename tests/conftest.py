@@ -107,6 +107,17 @@ class Engine:
             conn.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def config_dir(tmp_path_factory):
+    """The engine's config folder (its HMAC key) for the whole session, in a temporary folder:
+    no test writes the user's home, and every engine the tests start digests with one key."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("taskrig-config")
+    mp.setenv("TASKRIG_CONFIG_DIR", str(path))
+    yield path
+    mp.undo()
+
+
 @pytest.fixture
 def engine(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

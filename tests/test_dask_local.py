@@ -43,7 +43,7 @@ def test_preview_renders_plan_text_and_json(engine):
     assert '"number_of_workers": 4' in r.stdout
     assert "Resources: 1 to create" in r.stdout
     doc = engine.json("preview", f"{EXAMPLES}/dask_example.py:process_data")
-    assert set(doc) == {"stack", "steps", "summary"}
+    assert set(doc) == {"format_version", "stack", "steps", "summary"}
     assert doc["stack"] == "dask_env"
     step = doc["steps"][0]
     assert set(step) >= {"op", "urn", "type", "inputs", "diff"}

@@ -150,8 +150,8 @@ def test_a_second_build_is_no_change_and_a_changed_layer_a_replacement(engine):
     changed = json.loads(engine("image", "build", f"{APP}:changed", "--dry-run", "--json").stdout)[0]["plan"]
     (step,) = changed["steps"]
     assert step["op"] == "replace"
-    assert step["diff"]["layers.03.pip"] == {"old": ["six==1.16.0", "attrs>=23"], "new": ["six==1.17.0", "attrs>=23"]}
-    assert "layers.03.pip" in step["replace_keys"] and "tag" in step["replace_keys"]
+    assert step["diff"]["layers.03.pip[0]"] == {"old": "six==1.16.0", "new": "six==1.17.0"}  # lists element-wise
+    assert "layers.03.pip[0]" in step["replace_keys"] and "tag" in step["replace_keys"]
     if find_builder()[0] is None:  # an image already built needs no builder to say so
         r = engine("image", "build", f"{APP}:same")
         assert r.returncode == 0, r.stderr

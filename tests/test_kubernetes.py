@@ -92,7 +92,7 @@ def test_second_run_no_changes_then_update_in_place_then_replace(kengine, k8s):
         new_image = {**more, "K8S_T_SCHED_IMAGE": "ghcr.io/dask/dask:2025.4.1"}
         plan = _plan(kengine, f"{TARGET}:reuse_addr", env=new_image)
         (step,) = plan["steps"]
-        assert step["op"] == "replace" and step["replace_keys"] == ["spec.scheduler.spec.containers"], step
+        assert step["op"] == "replace" and step["replace_keys"] == ["spec.scheduler.spec.containers[0].image"], step
         r = kengine("up", f"{TARGET}:reuse_addr", env=new_image)
         assert r.returncode == 0, r.stderr
         (replaced,) = objects(k8s, "DaskCluster", "k8s_reuse")

@@ -72,7 +72,7 @@ def test_manifests_carry_config_images_resources_and_ttl(engine):
     assert spark["executor"]["template"]["spec"]["containers"][0]["name"] == "primary"
     # A secret in spark_conf never reaches the plan (nor the state): a hash stands in for it.
     assert "s3cr3t-value" not in json.dumps(spark)
-    assert spark["sparkConf"]["spark.hadoop.fs.s3a.secret.key"].startswith("(secret sha256:")
+    assert spark["sparkConf"]["spark.hadoop.fs.s3a.secret.key"].startswith("(secret hmac:")
     assert spark["sparkConf"]["spark.executor.instances"] == "2"
 
     pt = manifest("pytorch_task")["spec"]

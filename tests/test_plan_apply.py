@@ -87,8 +87,8 @@ def test_create_update_replace_delete_same_with_property_diffs(state):
     second = [decl("a", {"size": 1, "zone": "y"}), decl("b", {"size": 2}), decl("d", {"n": 1})]
     p = plan("s", second, rec, diffs_for(prov, second, rec))
     ops = {s.urn.rsplit("::", 1)[1]: s for s in p.steps}
-    assert ops["a"].op == "replace" and ops["a"].replace_keys == ("zone",)
-    assert ops["b"].op == "update" and [(c.path, c.old, c.new) for c in ops["b"].changes] == [("size", 1, 2)]
+    assert ops["a"].op == "replace" and ops["a"].replace_keys == (("zone",),)
+    assert ops["b"].op == "update" and [(c.path, c.old, c.new) for c in ops["b"].changes] == [(("size",), 1, 2)]
     assert ops["c"].op == "delete" and ops["d"].op == "create"
     assert p.summary() == {"create": 1, "update": 1, "replace": 1, "delete": 1, "options": 0, "same": 0}
     apply(state, prov, p)

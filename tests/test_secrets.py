@@ -169,3 +169,111 @@ def test_a_connector_secret_appears_nowhere(engine, tmp_path):
                 assert token.encode() not in p.read_bytes(), f"the token appears in {p}"
     finally:
         service.stop()
+
+
+# ------------------------------------------------------------ errors that quote a secret
+ERRORS = f"{TASKS}/secret_errors.py:fails_with"
+
+
+@pytest.mark.parametrize("kind, chained, shown", [
+    ("called_process", False, "CalledProcessError: Command '['tool', '--token', '[secret]']'"),
+    ("os_error", False, "FileNotFoundError: [Errno 2] No such file: '/x/[secret]'"),
+    ("custom_str", False, "QuotesItsCredential: the server refused [secret]"),
+    ("dict_arg", False, "ValueError: {'token': '[secret]'}"),
+    ("called_process", True, "RuntimeError: wrapped <- CalledProcessError: Command '['tool', '--token', '[secret]']'"),
+])
+def test_a_secret_inside_a_library_error_appears_nowhere(engine, tmp_path, kind, chained, shown):
+    """Redaction works on the final text (the recorded line, the printed traceback, the JSON
+    document), so the value's place in the exception does not matter."""
+    env = {"DB_PASSWORD": DB_PASSWORD}
+    args = ["-i", f"kind={kind}"] + (["-i", "chained=true"] if chained else [])
+    as_json = engine("up", ERRORS, *args, "--json", env=env)
+    plain = engine("up", ERRORS, *args, env=env)
+    runs = engine("runs", "--json", env=env)
+    assert (as_json.returncode, plain.returncode, runs.returncode) == (1, 1, 0), plain.stderr
+    texts = [as_json.stdout, as_json.stderr, plain.stdout, plain.stderr, runs.stdout, runs.stderr]
+    for i, text in enumerate(texts):
+        assert DB_PASSWORD not in text, f"the secret appears in output #{i}:\n{text[:3000]}"
+    # What was shown is the error itself, masked: the redactor ran, and on the whole chain.
+    assert shown in json.loads(as_json.stdout)["error"]
+    errors = [r["error"] for r in json.loads(runs.stdout)]
+    assert len(errors) == 2 and all(shown in e for e in errors), errors
+    assert "[secret]" in plain.stderr and "Traceback" in plain.stderr
+    files = [p for p in (tmp_path / ".engine").rglob("*") if p.is_file()]
+    assert engine.state in files
+    for p in files:
+        assert DB_PASSWORD.encode() not in p.read_bytes(), f"the secret appears in {p}"
+
+
+def test_redaction_finds_a_value_however_it_was_quoted():
+    """A value with quotes, a backslash and non-ASCII letters reads differently inside a
+    repr (a list argument), a JSON document, and a repr inside JSON: each form is masked."""
+    import subprocess
+
+    from engine.secrets import error_text, redact_text, register
+
+    value = "p'w\"\\ünïcode-Zq81"
+    register([value])
+    e = subprocess.CalledProcessError(1, ["tool", value])
+    for text in (str(e), json.dumps({"e": value}), json.dumps({"e": str(e)}),
+                 json.dumps({"e": value}, ensure_ascii=False), repr({"k": value})):
+        assert value not in text  # quoted: a search for the value as given would miss it
+        masked = redact_text(text)
+        assert "[secret]" in masked and "ünïcode" not in masked and "\\u00fc" not in masked, (text, masked)
+    chained = RuntimeError("outer")
+    chained.__cause__ = OSError(2, "No such file", f"/k/{value}")
+    assert error_text(chained) == "RuntimeError: outer <- FileNotFoundError: [Errno 2] No such file: '/k/[secret]'"
+
+
+# ------------------------------------------------------------ the digest of a secret
+def test_the_digest_key_lives_outside_the_state_and_keys_the_digest(tmp_path, monkeypatch):
+    import stat
+
+    from engine.errors import ConfigError
+    from engine.secrets import secret_digest, secret_placeholder
+
+    cfg = tmp_path / "cfg" / "taskrig"
+    monkeypatch.setenv("TASKRIG_CONFIG_DIR", str(cfg))
+    short = "hunter2"  # short enough to find from a bare hash by trying guesses
+    first = secret_placeholder(short)
+    key = cfg / "hmac.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(cfg.stat().st_mode) == 0o700
+    assert len(key.read_bytes()) == 32
+    assert first == secret_placeholder(short) and first.startswith("(secret hmac:") and short not in first
+    assert sha(short)[:16] not in first and sha(short)[:16] not in secret_digest(short)
+    assert secret_placeholder("hunter3") != first
+
+    monkeypatch.setenv("TASKRIG_CONFIG_DIR", str(tmp_path / "other"))
+    assert secret_placeholder(short) != first  # another key, another digest
+
+    monkeypatch.setenv("TASKRIG_CONFIG_DIR", str(tmp_path / "loose"))
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "hmac.key").write_bytes(os.urandom(32))
+    os.chmod(tmp_path / "loose" / "hmac.key", 0o644)
+    with pytest.raises(ConfigError, match=r"loose/hmac.key is readable by others \(mode 644\)"):
+        secret_digest(short)
+
+
+def test_the_key_falls_back_to_the_xdg_config_folder(tmp_path, monkeypatch):
+    from engine.secrets import config_dir
+
+    monkeypatch.delenv("TASKRIG_CONFIG_DIR")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert config_dir() == tmp_path / "xdg" / "taskrig"
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert config_dir() == tmp_path / "home" / ".config" / "taskrig"
+
+
+def test_processes_racing_to_create_the_key_all_get_the_same_one(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TASKRIG_CONFIG_DIR": str(tmp_path / "race")}
+    code = "import engine.secrets as s; print(s.secret_digest('same-value'))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    digests = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(digests) == 1 and len(next(iter(digests))) == 64
+    assert sorted(p.name for p in (tmp_path / "race").iterdir()) == ["hmac.key"]  # no temporary file left

@@ -110,7 +110,7 @@ def test_secrets_stay_out_of_the_plan(engine, tmp_path):
                               "k8s.core.v1.ConfigMap('c', data={'k': pulumi.Output.secret('marked-value')})\n")
     r = engine("preview", str(prog), "--json")
     assert r.returncode == 0, r.stderr
-    assert "plain-value" not in r.stdout and "marked-value" not in r.stdout and "(secret sha256:" in r.stdout
+    assert "plain-value" not in r.stdout and "marked-value" not in r.stdout and "(secret hmac:" in r.stdout
     steps = {s["type"]: s["inputs"] for s in json.loads(r.stdout)["steps"]}
     assert steps["kubernetes:core/v1:Secret"]["metadata"] == {"name": "s"}  # named like its resource
 

@@ -92,10 +92,12 @@ class TaskTemplate(Task):
         raise NotImplementedError(f"{type(self).__name__} has no execute()")
 
     # ------------------------------------------------------------------ calling
-    def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def bind(self, *args: Any, partial: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """As ``Task.bind``; ``partial``: inputs may be missing (a preview), never unknown."""
         where = f"inputs of {self.name}"
         try:
-            bound = self.interface.signature().bind(*args, **kwargs)
+            sig = self.interface.signature()
+            bound = sig.bind_partial(*args, **kwargs) if partial else sig.bind(*args, **kwargs)
         except TypeError as e:
             raise ConfigError(str(e), where) from None
         bound.apply_defaults()

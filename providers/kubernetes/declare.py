@@ -65,5 +65,5 @@ def declare(ctx: DeclareContext, kind: str, resource_name: str, build: Callable[
         holder[parts[-1]] = redact_map(node)
         secret[parts[0]] = manifest[parts[0]]
     options = Options() if not ctx.reusable else \
-        Options(ignore_changes=(f"metadata.labels.{RUN_LABEL}", f"metadata.labels.{TASK_LABEL}"))
+        Options(ignore_changes=(f'metadata.labels["{RUN_LABEL}"]', f'metadata.labels["{TASK_LABEL}"]'))
     return ctx.declaration(token, resource_name, public, options=options, secret_inputs=secret)

@@ -37,9 +37,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from engine import paths
 from engine.extend import ConfigError, Diff, NotFound, Provider, ProviderRegistry, Read
 from engine.program import ComponentProvider
-from engine.resource import property_paths
 
 from .objects import dns_name, namespace_from_env
 from .provider import KINDS as OPERATOR_KINDS, POLL_MAX, delete_timeout, project, ready_timeout, svc
@@ -272,14 +272,14 @@ class KubernetesObject(Provider):
         return inputs
 
     def diff(self, old_inputs: dict, new_inputs: dict) -> Diff:
-        changed = tuple(property_paths(old_inputs, new_inputs))
+        changed = tuple(paths.diff(old_inputs, new_inputs))
         replace = ["apiVersion", "kind", "metadata.name", "metadata.namespace"]
         try:
             replace += kind_of(new_inputs).immutable
         except ConfigError:
             pass
-        keys = tuple(p for p in changed if any(p == r or p.startswith(r + ".") or r.startswith(p + ".")
-                                              for r in replace))
+        replace = [paths.parse(r) for r in replace]
+        keys = tuple(p for p in changed if any(paths.overlaps(p, r) for r in replace))
         return Diff(changed=changed, replace_keys=keys, delete_before_replace=True)
 
     def create(self, urn: str, inputs: dict, idempotency_key: str) -> tuple[str, dict]:

@@ -13,8 +13,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-# Label keys without dots in the name part: the engine addresses inputs by dotted paths
-# (``ignore_changes=("metadata.labels.taskrig/run-id",)``), so a key must not contain one.
+from engine.extend import PLACEHOLDER_PREFIX, secret_placeholder
+
+# Label keys of taskrig's own: the run and task labels change every run and are ignored on
+# reusable objects (``ignore_changes=('metadata.labels["taskrig/run-id"]',)``, Pulumi's syntax).
 STACK_LABEL = "taskrig/stack"
 RUN_LABEL = "taskrig/run-id"
 TASK_LABEL = "taskrig/task"
@@ -185,10 +187,10 @@ def image_name(image: Any) -> Optional[str]:
 
 
 # Secrets in string maps (spark_conf's fs.s3a.secret.key): the cluster must get the value, the
-# state file and the plan must not. The recorded manifest holds a placeholder with a hash of the
-# value, so a changed secret still shows as a change and a live value can be compared with it.
+# state file and the plan must not. The recorded manifest holds the engine's placeholder, a keyed
+# digest of the value (engine.extend.secret_placeholder), so a changed secret still shows as a
+# change and a live value can be compared with it by digesting it again.
 _SENSITIVE = re.compile(r"secret|password|passwd|token|credential|(^|\.)key($|\.)", re.IGNORECASE)
-_PLACEHOLDER = "(secret sha256:"
 
 
 def is_sensitive(key: str) -> bool:
@@ -196,12 +198,12 @@ def is_sensitive(key: str) -> bool:
 
 
 def placeholder(value: str) -> str:
-    return f"{_PLACEHOLDER}{hashlib.sha256(str(value).encode()).hexdigest()[:16]})"
+    return secret_placeholder(value)
 
 
 def unredact_equal(recorded: str, live: str) -> bool:
     """Whether ``recorded`` is the placeholder of the ``live`` value."""
-    return recorded.startswith(_PLACEHOLDER) and recorded == placeholder(live)
+    return recorded.startswith(PLACEHOLDER_PREFIX) and recorded == secret_placeholder(live)
 
 
 def redact_map(values: Mapping[str, str]) -> dict[str, str]:

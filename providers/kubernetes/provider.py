@@ -24,8 +24,8 @@ import os
 import time
 from typing import Any
 
+from engine import paths
 from engine.extend import ConfigError, Diff, NotFound, Owned, Provider, ProviderRegistry, Read
-from engine.resource import property_paths
 
 from . import schema
 from .objects import RUN_LABEL, dns_name, namespace_from_env, stack_selector, unredact_equal
@@ -157,16 +157,17 @@ class CustomResource(Provider):
         return schema.validate(inputs, self.group, self.version, self.kind, self.plural)
 
     def diff(self, old_inputs: dict, new_inputs: dict) -> Diff:
-        changed = tuple(property_paths(old_inputs, new_inputs))
+        changed = tuple(paths.diff(old_inputs, new_inputs))
+        if not changed:
+            return Diff(delete_before_replace=True)
         identity = {k: (old_inputs.get(k), new_inputs.get(k)) for k in ("apiVersion", "kind")}
-        replace = [k for k, (a, b) in identity.items() if a != b]
+        replace = [(k,) for k, (a, b) in identity.items() if a != b]
         om, nm = old_inputs.get("metadata") or {}, new_inputs.get("metadata") or {}
-        replace += [f"metadata.{k}" for k in ("name", "namespace") if om.get(k) != nm.get(k)]
-        replace += ["spec." + p for p in property_paths(self.in_place(copy.deepcopy(old_inputs.get("spec") or {})),
-                                                        self.in_place(copy.deepcopy(new_inputs.get("spec") or {})))]
+        replace += [("metadata", k) for k in ("name", "namespace") if om.get(k) != nm.get(k)]
+        replace += [("spec",) + p for p in paths.diff(self.in_place(copy.deepcopy(old_inputs.get("spec") or {})),
+                                                      self.in_place(copy.deepcopy(new_inputs.get("spec") or {})))]
         # The plan checks replace keys against the changed paths: map each onto one.
-        keys = tuple(p for p in changed if any(p == r or p.startswith(r + ".") or r.startswith(p + ".")
-                                              for r in replace))
+        keys = tuple(p for p in changed if any(paths.overlaps(p, r) for r in replace))
         return Diff(changed=changed, replace_keys=keys, delete_before_replace=True)
 
     def create(self, urn: str, inputs: dict, idempotency_key: str) -> tuple[str, dict]:

@@ -247,15 +247,14 @@ class LocalRayCluster(LocalProcesses):
                       "log_dir": str(rundir)}
 
     def read(self, id: str, inputs: dict, outputs: dict | None):
+        """What runs, changing nothing (a preview calls this while an ``up`` may be adding
+        nodes): no GCS, no cluster; nodes the record does not list are ignored here, and
+        ``tidy`` stops them under the lock."""
         if outputs is None:  # recovery: only the name is known
             procs = find_tagged(id)
             return {"pids": [p.pid for p in procs]} if procs else None
-        if not ProcessRecord.from_dict(outputs["head"]).alive() or not _reachable(outputs["address"]):
-            # No GCS, no cluster. Whatever is left of it goes now, so that dropping the record
-            # (refresh, or a plan that recreates it) cannot leave processes nobody tracks.
-            self._cleanup(id)
+        if not self._alive(outputs):
             return None
-        self._stop_strays(id, outputs)
         alive = {k: n for k, n in outputs["workers"].items() if ProcessRecord.from_dict(n).alive()}
         if len(alive) == len(outputs["workers"]):
             return outputs
@@ -264,16 +263,37 @@ class LocalRayCluster(LocalProcesses):
             spec["replicas"] = sum(1 for n in alive.values() if n["group"] == g)
         return Read(inputs=actual, outputs={**outputs, "workers": alive})
 
-    def _stop_strays(self, id: str, outputs: dict) -> None:
-        """Nodes of this cluster that the record does not list (an update cut short by a
-        crash started them) are stopped, so the cluster is what the state says it is."""
+    @staticmethod
+    def _alive(outputs: dict) -> bool:
+        return ProcessRecord.from_dict(outputs["head"]).alive() and _reachable(outputs["address"])
+
+    def tidy(self, stack: str, records):
+        """Under the lock: what is left of a recorded cluster whose GCS is gone goes (so that
+        dropping its record, by refresh or by the plan that recreates it, leaves no process
+        nobody tracks), and nodes a live cluster's record does not list (an update cut short
+        by a crash started them) are stopped, so the cluster is what the state says."""
+        for r in records:
+            if not r.outputs or "head" not in r.outputs:
+                continue
+            if not self._alive(r.outputs):
+                if find_tagged(r.id) or self._dir(r.id).exists():
+                    self._cleanup(r.id)
+                    yield f"removed what was left of the dead Ray cluster {r.id}"
+            elif self._stop_strays(r.id, r.outputs):
+                yield f"stopped the Ray nodes of {r.id} that the state does not list"
+
+    def _stop_strays(self, id: str, outputs: dict) -> int:
+        """Stops the nodes of this cluster that ``outputs`` does not list; how many."""
         known = {outputs["head"]["pid"], *(n["pid"] for n in outputs["workers"].values())}
+        stopped = 0
         for p in find_tagged(id):
             try:
                 if p.pid not in known and LAUNCHER in p.cmdline():
                     p.terminate()  # SIGTERM: the node unregisters from the GCS, then stops
+                    stopped += 1
             except (psutil.Error, ProcessLookupError, PermissionError):
                 pass
+        return stopped
 
     def update(self, id: str, old_inputs: dict, new_inputs: dict, outputs: dict | None = None) -> dict:
         """Add or remove worker nodes in place; a group whose node settings changed is rolled."""

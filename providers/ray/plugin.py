@@ -9,7 +9,7 @@ import math
 import os
 import sys
 
-from engine.extend import Attachment, ConfigError, DeclareContext, TaskPlugin, TaskPluginRegistry
+from engine.extend import Attachment, ConfigError, DeclareContext, TaskPlugin, TaskPluginRegistry, native_env
 
 from .config import HeadNodeConfig, RayJobConfig
 from .local import RESERVED
@@ -123,38 +123,30 @@ def _reload_auth() -> None:
 
 @contextlib.contextmanager
 def _driver(loopback: bool, token: bool, before: dict):
-    """Ray reads these switches from the environment once (at import, or at its first
-    connection): a task module that imported ray before the run needs them applied to the live
-    modules, and undone after, for the next run in this process. A driver the task left
-    connected is shut down before the cluster is torn down, so it does not retry a dead GCS."""
-    if loopback and "ray._private.ray_constants" in sys.modules:
-        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
-    if token and "ray._raylet" in sys.modules:
-        _reload_auth()
-    try:
-        yield
-    finally:
-        ray = sys.modules.get("ray")
-        if ray is not None and ray.is_initialized():
-            ray.shutdown()
-        constants = sys.modules.get("ray._private.ray_constants")
-        if loopback and constants is not None:  # Ray's own default, from the environment before the run
-            value = before.get(_CLUSTER_VAR)
-            constants.ENABLE_RAY_CLUSTER = (value.lower() in ("1", "true") if value is not None
-                                            else not constants.IS_WINDOWS_OR_OSX)
+    """Ray reads these switches once (at import, or at its first connection), and its core
+    reads the token settings with getenv(3), outside the run's own view of ``os.environ``:
+    they go into the process environment for the run (``native_env``: one Ray driver per
+    process at a time) and are undone after, for the next run in this process. A driver the
+    task left connected is shut down before the cluster is torn down, so it does not retry a
+    dead GCS."""
+    with native_env(_AUTH_VARS if token else ()):
+        if loopback and "ray._private.ray_constants" in sys.modules:
+            sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
         if token and "ray._raylet" in sys.modules:
-            ours = {k: os.environ.get(k) for k in _AUTH_VARS}
-            _set_env({k: before.get(k) for k in _AUTH_VARS})
             _reload_auth()
-            _set_env(ours)  # the engine restores the environment itself, right after this
-
-
-def _set_env(values: dict) -> None:
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+        try:
+            yield
+        finally:
+            ray = sys.modules.get("ray")
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
+            constants = sys.modules.get("ray._private.ray_constants")
+            if loopback and constants is not None:  # Ray's own default, from the environment before the run
+                value = before.get(_CLUSTER_VAR)
+                constants.ENABLE_RAY_CLUSTER = (value.lower() in ("1", "true") if value is not None
+                                                else not constants.IS_WINDOWS_OR_OSX)
+    if token and "ray._raylet" in sys.modules:
+        _reload_auth()  # the process environment is restored: Ray forgets the run's token
 
 
 TaskPluginRegistry.register(RayJobConfig, RayPlugin())

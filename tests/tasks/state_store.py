@@ -109,6 +109,7 @@ class Thing(Provider):
         if not path.exists():
             raise NotFound(id)
         path.unlink()
+        _maybe_die("delete", "after", id)
 
     def owned(self, stack):
         out = []
