@@ -1,6 +1,7 @@
-"""Preview and a no-change apply over 10,000 recorded resources of a synthetic provider.
+"""Preview and a no-change apply over 10,000 (or ``--n``) recorded resources of a synthetic provider.
 
     python bench/bench_plan.py [--n 10000] [--repeats 5] [--no-profile]
+    python bench/bench_plan.py --n 100000 --repeats 3 --no-profile    (issue 9's figure)
 
 A tiny provider (``bench:synthetic:Item``: create returns at once, nothing exists outside
 the state) and a plugin that declares N reusable resources are registered here. On a fresh
@@ -8,7 +9,8 @@ state file: (0) a first ``up`` creates the N resources (journaled, recorded; tim
 reported), then (a) ``Session.preview(task)`` and (b) another ``up`` whose plan is all
 "same" (the no-change apply) are timed, ``--repeats`` times each (median wall reported, with
 the process CPU time beside it: the machine may be shared). Goal: (a) and (b) within 1 s
-each; the ratio to that goal is printed. Whenever one of them is over, it is run again under
+each; the ratio to that goal is printed, and the preview's cost per resource beside the
+anchors' (Terraform's and Pulumi's plans as their issues report them), with the peak RSS. Whenever one of them is over, it is run again under
 cProfile and its top costs are printed.
 """
 
@@ -19,6 +21,7 @@ import cProfile
 import io
 import os
 import pstats
+import resource
 import statistics
 import sys
 import tempfile
@@ -34,6 +37,9 @@ from engine.state import State  # noqa: E402
 
 TYPE = "bench:synthetic:Item"
 GOAL_S = 1.0
+# (what, resources, seconds): Terraform's plan of 2,900 resources took 20-25 minutes
+# (hashicorp/terraform#18981), Pulumi's preview of 1,300 about 4 minutes (pulumi/pulumi#7682).
+ANCHORS = [("terraform plan (terraform#18981)", 2900, 22.5 * 60), ("pulumi preview (pulumi#7682)", 1300, 4 * 60)]
 
 
 class SyntheticItem(Provider):
@@ -174,12 +180,22 @@ def main() -> int:
              f"({extra} more than the first up's creates)"))
     for name, text in profiles.items():
         print(f"\n--- cProfile of {name} (over the {GOAL_S:.0f} s goal) ---\n{text}")
+    # The anchors are the figures their issues report (neither CLI is installed here): per
+    # resource, so that any --n compares.
+    per_resource = t_preview / args.n
+    anchors = [[name, count, seconds, round(seconds / count * 1000, 1), round(per_resource * 1000, 4),
+                f"{per_resource / (seconds / count):.2e}"] for name, count, seconds in ANCHORS]
+    print("\n" + table(["anchor (from its issue)", "resources", "plan s", "ms per resource",
+                         "taskrig preview ms per resource", "taskrig / anchor"], anchors))
+    rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(f"peak RSS of this process (the first up included): {rss_mb} MB")
     load = [round(x, 2) for x in os.getloadavg()]
     print(f"\nload average at the end (2 cores, shared machine): {load}")
     emit({"bench": "plan", "n": args.n, "create_s": round(t_create, 3), "preview_s": round(t_preview, 3),
           "noop_up_s": round(t_noop, 3),
           "preview_runs_s": [round(x, 3) for x in previews], "noop_up_runs_s": [round(x, 3) for x in noops], "cpu_median_s": cpu, "goal_s": GOAL_S, "preview_ratio_to_goal": ratio(t_preview, GOAL_S),
-          "noop_up_ratio_to_goal": ratio(t_noop, GOAL_S), "journal_rows": journal_rows, "profiled": sorted(profiles), "loadavg": load})
+          "noop_up_ratio_to_goal": ratio(t_noop, GOAL_S), "journal_rows": journal_rows, "profiled": sorted(profiles), "peak_rss_mb": rss_mb,
+          "anchors": {a[0]: a[-1] for a in anchors}, "loadavg": load})
     return 0
 
 
