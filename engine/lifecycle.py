@@ -29,7 +29,7 @@ from .recover import expired, recover_stack
 from .registry import ProviderRegistry, TaskPluginRegistry
 from .report import Reporter
 from .sdk import Secret
-from .secrets import (error_text, remove_secret_files, resolve_secret, resolve_secrets,
+from .secrets import (error_text, register, remove_secret_files, resolve_secret, resolve_secrets,
                       write_secret_files)
 from .resource import Declaration, Diff, ProviderContext, Read, Record
 from .snapshot import SnapshotManager
@@ -59,7 +59,6 @@ class Prepared:
     decls: list[Declaration]
     secret_env: dict[str, str]
     secret_files: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
-    secret_values: list[str] = dataclasses.field(default_factory=list, repr=False)
     # A run inside its caller's stack (a connector call): the caller holds the lock and
     # recovered the stack; this run neither prunes nor reaps what others in it hold.
     nested: bool = False
@@ -155,8 +154,8 @@ class Session:
             # the value joins the provider's calls only, never the state, the journal or a plan.
             d.secret_inputs = {k: resolve_secret(v) if isinstance(v, Secret) else v for k, v in d.secret_inputs.items()}
             values.extend(v for v in d.secret_inputs.values() if isinstance(v, str))
-        return Prepared(task, inputs, run_id, dctx, plugins, decls, secret_env, secret_files, values,
-                        nested=stack is not None)
+        register(values)  # a plugin's secret input given as a plain value is masked like a resolved one
+        return Prepared(task, inputs, run_id, dctx, plugins, decls, secret_env, secret_files, nested=stack is not None)
 
     def _plan(self, state: State, stack: str, decls: list[Declaration], run_id: str | None,
               refresh: bool = False, prune: bool = True) -> Plan:

@@ -14,7 +14,7 @@ from typing import Any
 from . import paths
 from .errors import ConfigError
 from .paths import Path
-from .resource import Declaration, Diff, Record
+from .resource import NO_DIFF, Declaration, Diff, Record
 
 OPS = ("create", "update", "replace", "delete", "same", "read", "options")
 # Ops that change something (``options``: only what the state records about a resource, its
@@ -23,7 +23,6 @@ OPS = ("create", "update", "replace", "delete", "same", "read", "options")
 CHANGING = ("create", "update", "replace", "delete", "options")
 # The change a new type token shows as (it always forces a replacement).
 TYPE_PATH: Path = ("type",)
-_NO_DIFF = Diff()
 
 
 @dataclass
@@ -133,7 +132,7 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
         if old is None:
             steps.append(Step("create", d.urn, d.type, new=d))
             continue
-        diff = diffs.get(d.urn, _NO_DIFF)
+        diff = diffs.get(d.urn, NO_DIFF)
         changed = diff.changed
         if d.options.ignore_changes:
             d, changed = _ignore_changes(old, d, changed)

@@ -15,7 +15,6 @@ Commits are ``synchronous=FULL``: a committed intent survives a power cut, not o
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import functools
 import json
@@ -274,16 +273,18 @@ class State:
         return rows[0] if rows else None
 
     # ------------------------------------------------------------------ resources
-    @staticmethod
-    def _record(row: dict) -> Record:
-        return Record(
-            urn=row["urn"], type=row["type"], stack=row["stack"], id=row["id"],
-            inputs=json.loads(row["inputs"] or "{}"), outputs=json.loads(row["outputs"] or "{}"),
-            deps=json.loads(row["deps"]) if row["deps"] not in (None, "[]") else [],
-            options=_options(row["options"]),
-            ephemeral=bool(row["ephemeral"]), run_id=row["run_id"], parent=row["parent"],
-            idle_ttl=row["idle_ttl"], last_used=row["last_used"], created=row["created"],
-        )
+    def _records(self, table: str, where: str | None = None, args: list | tuple = ()) -> list[Record]:
+        """Rows of ``resources`` or ``pending_deletes`` as records, oldest first. Plain tuples,
+        not sqlite_utils' dict rows: a plan of 100,000 reads them all."""
+        sql = f"select {_RECORD_SELECT} from {table}" + (f" where {where}" if where else "") + " order by created"
+        with self._mutex:
+            rows = self.db.conn.execute(sql, list(args)).fetchall()
+        loads, record, options, pending = json.loads, Record, _options, table == "pending_deletes"
+        return [record(urn=r[0], type=r[1], stack=r[2], id=r[3], inputs=loads(r[4] or "{}"),
+                       outputs=loads(r[5] or "{}"), deps=loads(r[6]) if r[6] not in (None, "[]") else [],
+                       options=options(r[7]), ephemeral=bool(r[8]), run_id=r[9], parent=r[10], idle_ttl=r[11],
+                       last_used=r[12], created=r[13], pending_delete=pending)
+                for r in rows]
 
     def resources(self, stack: str | None = None, ephemeral: bool | None = None) -> list[Record]:
         where, args = [], []
@@ -291,18 +292,7 @@ class State:
             where.append("stack = ?"); args.append(stack)
         if ephemeral is not None:
             where.append("ephemeral = ?"); args.append(int(ephemeral))
-        sql = f"select {_RECORD_SELECT} from resources"
-        if where:
-            sql += " where " + " and ".join(where)
-        with self._mutex:
-            # Plain tuples, not sqlite_utils' dict rows: a plan of 100,000 reads them all.
-            rows = self.db.conn.execute(sql + " order by created", args).fetchall()
-        loads, record, options = json.loads, Record, _options
-        return [record(urn=r[0], type=r[1], stack=r[2], id=r[3], inputs=loads(r[4] or "{}"),
-                       outputs=loads(r[5] or "{}"), deps=loads(r[6]) if r[6] not in (None, "[]") else [],
-                       options=options(r[7]), ephemeral=bool(r[8]), run_id=r[9], parent=r[10], idle_ttl=r[11],
-                       last_used=r[12], created=r[13])
-                for r in rows]
+        return self._records("resources", " and ".join(where) or None, args)
 
     def has_reusable(self, stack: str) -> bool:
         with self._mutex:
@@ -311,16 +301,13 @@ class State:
 
     def expired(self, stack: str, now: float) -> list[Record]:
         """Reusable resources idle past their TTL (in SQL: a stack may hold thousands)."""
-        with self._mutex:
-            rows = self.db["resources"].rows_where(
-                "stack = ? and ephemeral = 0 and idle_ttl > 0 and coalesce(last_used, created, 0) + idle_ttl <= ?",
-                [stack, now], order_by="created")
-            return [self._record(r) for r in rows]
+        return self._records(
+            "resources", "stack = ? and ephemeral = 0 and idle_ttl > 0 and coalesce(last_used, created, 0) + idle_ttl <= ?",
+            [stack, now])
 
     def resource(self, urn: str) -> Record | None:
-        with self._mutex:
-            rows = list(self.db["resources"].rows_where("urn = ?", [urn]))
-        return self._record(rows[0]) if rows else None
+        rows = self._records("resources", "urn = ?", [urn])
+        return rows[0] if rows else None
 
     def stacks(self) -> list[str]:
         with self._mutex:
@@ -345,10 +332,7 @@ class State:
 
     def pending_deletes(self, stack: str | None = None) -> list[Record]:
         """Old copies of replaced resources whose delete has not succeeded yet."""
-        with self._mutex:
-            rows = self.db["pending_deletes"].rows_where("stack = ?" if stack else None, [stack] if stack else [],
-                                                         order_by="created")
-            return [dataclasses.replace(self._record(r), pending_delete=True) for r in rows]
+        return self._records("pending_deletes", "stack = ?" if stack else None, [stack] if stack else [])
 
     # ------------------------------------------------------------------ writes (SnapshotManager only)
     def write(self):
