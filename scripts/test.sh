@@ -5,10 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh all,test
 command -v java >/dev/null || { echo "installing Java for Spark" >&2; apt-get update -q && apt-get install -y -q default-jre-headless; }
-# The kubernetes tests start a real kube-apiserver (../shared/k8s/apiserver, built once and
-# cached): here they must run, not skip.
+# The kubernetes tests run against the project's own single-node cluster (scripts/local-cluster.sh,
+# started by the tests themselves) or TASKRIG_K8S_KUBECONFIG: here they must run, not skip.
 export TASKRIG_K8S_REQUIRED=${TASKRIG_K8S_REQUIRED:-1}
-# Build it (once, ~10 min on 2 cores, then cached) before pytest, not inside a test's timeout.
-apiserver=${TASKRIG_K8S_APISERVER:-../shared/k8s/apiserver}
-if [ -x "$apiserver" ]; then "$apiserver" build; fi
+# Build its binaries (once, ~12 min on 2 cores, then cached) before pytest, not inside a test's timeout.
+if [ -z "${TASKRIG_K8S_KUBECONFIG:-}" ]; then bash scripts/local-cluster.sh build; fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,16 +1,19 @@
-"""A real Kubernetes API server for the kubernetes backend's tests (``shared/k8s/apiserver``).
+"""A real Kubernetes cluster for the kubernetes backend's tests.
 
-The tool is found at ``TASKRIG_K8S_APISERVER`` or else ``../shared/k8s/apiserver`` next to the
-repo; where neither exists these tests skip with that reason (``TASKRIG_K8S_REQUIRED=1`` makes it a failure,
-for CI). One server per test session: started with ``--watch`` on this process (its watchdog
-stops it if pytest is killed), the CRDs the tests use loaded from the tool's ``k8s-1.20``
-copies, stopped and removed at the end. Nothing runs in it (no kubelet, no operators): tests
-play the operator by patching status (``FakeOperator``).
+``TASKRIG_K8S_KUBECONFIG`` names any real cluster (kind, a cloud cluster) to use as it is.
+Otherwise the project's own node (``scripts/local-cluster.sh``) is used: reused if it already
+runs (then left running), else started for this session with ``--watch`` on this process (its
+watchdog stops the node if pytest is killed) and stopped at the end. Where neither can be had
+(not root, not Debian) the tests skip with the reason; ``TASKRIG_K8S_REQUIRED=1`` makes that a
+failure, for CI. Only the Dask and PyTorchJob CRDs are loaded: RayCluster's absence is the "CRD
+not installed" case. No operator runs yet: tests play it by patching status (``FakeOperator``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -21,24 +24,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Loaded into the server: DaskCluster (no status subresource) and PyTorchJob (status subresource).
-# RayCluster is left out on purpose: the "CRD not installed" case.
-CRD_FILES = ("kubernetes.dask.org_daskclusters.yaml", "kubeflow.org_pytorchjobs.yaml")
-
-
-def apiserver_tool() -> Path | None:
-    env = os.environ.get("TASKRIG_K8S_APISERVER")
-    candidates = ([Path(env)] if env else []) + [ROOT.parent / "shared" / "k8s" / "apiserver"]
-    return next((p for p in candidates if p.is_file()), None)
+LOCAL_CLUSTER = ROOT / "scripts" / "local-cluster.sh"
+CRD_FAMILIES = "dask,pytorch"
 
 
 @dataclass
 class K8s:
-    tool: Path
-    dir: Path
     kubeconfig: str
     url: str
     namespace: str = "default"
+    local: bool = False  # the project's own node (guard, DNS and images of scripts/local-cluster.sh)
+    task_image: str | None = None  # an image with the host's Python and the engine (TASKRIG_TASK_IMAGE)
 
     @property
     def env(self) -> dict[str, str]:
@@ -50,36 +46,94 @@ class K8s:
         return cluster()
 
 
-def _run(cmd: list, timeout: float, env: dict | None = None) -> str:
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, **(env or {})})
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    return r.stdout
+def _server(kubeconfig: str) -> str:
+    import yaml
+
+    cfg = yaml.safe_load(Path(kubeconfig).read_text())
+    current = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg["current-context"])
+    return next(c["cluster"]["server"] for c in cfg["clusters"] if c["name"] == current["cluster"])
+
+
+def _unavailable(msg: str):
+    if os.environ.get("TASKRIG_K8S_REQUIRED") == "1":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def _local_cluster(*args, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(LOCAL_CLUSTER), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="session")
-def k8s_api(tmp_path_factory):
-    tool = apiserver_tool()
-    if tool is None:
-        msg = ("no apiserver tool (set TASKRIG_K8S_APISERVER or provide ../shared/k8s/apiserver): "
-               "skipping the tests against a real Kubernetes API server")
-        if os.environ.get("TASKRIG_K8S_REQUIRED") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    d = tmp_path_factory.mktemp("k8s-apiserver")
-    # Less memory for the server (the machine is shared), as the tool's header suggests.
-    env = {"GOMEMLIMIT": os.environ.get("GOMEMLIMIT", "600MiB")}
+def k8s_api():
+    given = os.environ.get("TASKRIG_K8S_KUBECONFIG")
+    if given:
+        yield K8s(given, _server(given), task_image=os.environ.get("TASKRIG_TASK_IMAGE"))
+        return
+    if os.geteuid() != 0 or not Path("/usr/bin/dpkg").exists():
+        _unavailable("the local cluster needs root on Debian (or set TASKRIG_K8S_KUBECONFIG): "
+                     "skipping the tests against a real Kubernetes cluster")
+    st = _local_cluster("status", "--json", timeout=60)
+    if st.returncode == 0:  # someone's running node: use it, leave it running
+        yield _local(json.loads(st.stdout)["kubeconfig"])
+        return
+    before = host_snapshot()
+    r = _local_cluster("start", "--crds", CRD_FAMILIES, "--watch", os.getpid(), timeout=1800)
+    if r.returncode != 0:
+        pytest.fail(f"scripts/local-cluster.sh start failed ({r.returncode}):\n{r.stderr[-4000:]}")
     try:
-        out = _run([tool, "start", d, "--watch", os.getpid()], timeout=600, env=env)
-        crds = tool.resolve().parent.parent / "crds" / "k8s-1.20"
-        _run([tool, "crds", d, *[crds / f for f in CRD_FILES]], timeout=180)
-        kubeconfig = out.strip().splitlines()[-1].split("=", 1)[1]
-        url = next(line.split("=", 1)[1] for line in (d / "env").read_text().splitlines()
-                   if line.startswith("K8S_API_URL="))
-        yield K8s(tool, d, kubeconfig, url)
+        yield _local(r.stdout.strip().splitlines()[-1].split("=", 1)[1])
     finally:
-        subprocess.run([str(tool), "stop", str(d), "--clean"], capture_output=True, timeout=120)
+        r = _local_cluster("stop", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = host_snapshot()
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+
+
+def _local(kubeconfig: str) -> K8s:
+    env = dict(line.split("=", 1) for line in (Path(kubeconfig).parent / "env").read_text().splitlines() if "=" in line)
+    return K8s(kubeconfig, _server(kubeconfig), local=True, task_image=env.get("TASKRIG_TASK_IMAGE"))
+
+
+def host_snapshot() -> dict:
+    """What the node may change on the host and must put back: sysctls, iptables, mounts,
+    links, the fixed paths, and whether any of its processes still runs."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from localcluster import hostchanges
+
+    builtin = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
+
+    def save(cmd):
+        """Rules and non-builtin chains only: an empty table reads the same as iptables not yet
+        installed (a fresh machine's first start installs it)."""
+        if not shutil.which(cmd):
+            return []
+        out = []
+        for t in hostchanges.TABLES:
+            for line in subprocess.run([cmd, "-t", t], capture_output=True, text=True).stdout.splitlines():
+                if line.startswith("-A ") or (line.startswith(":") and line[1:].split()[0] not in builtin):
+                    out.append(f"{t} {line.split(' [')[0]}")
+        return sorted(out)
+
+    return {"sysctls": hostchanges.read_sysctls(), "mounts": sorted(hostchanges.mounts()),
+            "links": sorted(os.listdir("/sys/class/net")),
+            "paths": [p for p in hostchanges.FIXED_PATHS if os.path.lexists(p)],
+            "iptables": save("iptables-save"), "ip6tables": save("ip6tables-save"),
+            "cgroups": hostchanges.cgroup_roots(),
+            "node processes": sorted(p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+                                     and _is_node_process(p))}
+
+
+def _is_node_process(p: Path) -> bool:
+    try:
+        exe = os.path.basename(os.readlink(p / "exe"))
+    except OSError:
+        return False
+    return exe in ("kubelet", "kube-apiserver", "kube-proxy", "kube-scheduler", "kube-controller-manager", "etcd",
+                   "containerd", "containerd-shim-runc-v2", "pause")
 
 
 @pytest.fixture
@@ -93,8 +147,32 @@ def k8s(k8s_api, monkeypatch):
 
     cfg = client.Configuration()
     config.load_kube_config(k8s_api.kubeconfig, client_configuration=cfg)
-    client.CoreV1Api(client.ApiClient(cfg)).create_namespace({"metadata": {"name": ns}})
-    return replace(k8s_api, namespace=ns)
+    core = client.CoreV1Api(client.ApiClient(cfg))
+    core.create_namespace({"metadata": {"name": ns}})
+    wait_service_account(core, ns, k8s_api.local)
+    yield replace(k8s_api, namespace=ns)
+    try:  # the controller-manager finishes it (and what a failed test left) in the background
+        core.delete_namespace(ns)
+    except client.ApiException:
+        pass
+
+
+def wait_service_account(core, ns: str, token: bool, timeout: float = 30) -> None:
+    """Pods of a new namespace are refused until its default service account exists and, on
+    1.20 (the local node), until the token controller has given it its token secret."""
+    from kubernetes import client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            sa = core.read_namespaced_service_account("default", ns)
+            if not token or sa.secrets:
+                return
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+        time.sleep(0.1)
+    raise AssertionError(f"namespace {ns}: no default service account{' token' if token else ''} within {timeout}s")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import time
 
@@ -186,13 +187,18 @@ def test_unreachable_cluster_is_a_clear_error(kengine, k8s, tmp_path):
     assert "cannot reach the Kubernetes API at https://127.0.0.1:1" in r.stderr, r.stderr
     assert kengine.resources() == []
 
-    # A routable-nowhere address: the connect timeout bounds it.
-    cfg.write_text(text.replace(k8s.url, "https://10.255.255.1:6443"))
-    t0 = time.monotonic()
-    r = kengine("up", f"{TARGET}:addr", env={"KUBECONFIG": str(cfg), "ENGINE_K8S_CONNECT_TIMEOUT": "1"})
+    # A server that takes the connection and never answers (the TLS handshake hangs): the
+    # connect timeout bounds it. On 127.0.0.1: no test packet may leave the machine.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        cfg.write_text(text.replace(k8s.url, url))
+        t0 = time.monotonic()
+        r = kengine("up", f"{TARGET}:addr", env={"KUBECONFIG": str(cfg), "ENGINE_K8S_CONNECT_TIMEOUT": "1"})
     assert r.returncode == 1, r.stderr
     assert time.monotonic() - t0 < 45
-    assert "https://10.255.255.1:6443" in r.stderr, r.stderr
+    assert url in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- the provider, called directly

@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -116,44 +115,6 @@ def test_secrets_stay_out_of_the_plan(engine, tmp_path):
 
 
 # ------------------------------------------------------------------------------ real API server
-class FakeDeploymentController:
-    """Plays the Deployment controller and kubelet: every Deployment in the namespace gets the
-    status of a finished rollout of its current generation (via the status subresource)."""
-
-    def __init__(self, k8s):
-        self.k8s = k8s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self.rolled: list[tuple[str, int]] = []
-
-    def _loop(self):
-        from providers.kubernetes.generic import KINDS, _request
-
-        kind = KINDS[("apps/v1", "Deployment")]
-        c = self.k8s.cluster()
-        while not self._stop.is_set():
-            try:
-                for d in _request(c, "list", "GET", kind.path(self.k8s.namespace))["items"]:
-                    gen, n = d["metadata"]["generation"], d["spec"].get("replicas", 1)
-                    if (d.get("status") or {}).get("observedGeneration") != gen:
-                        status = {"observedGeneration": gen, "replicas": n, "updatedReplicas": n,
-                                  "readyReplicas": n, "availableReplicas": n}
-                        _request(c, "status", "PATCH", kind.path(self.k8s.namespace, d["metadata"]["name"]) + "/status",
-                                 {"status": status}, "application/merge-patch+json")
-                        self.rolled.append((d["metadata"]["name"], gen))
-            except Exception:  # noqa: BLE001 - deleted between list and patch
-                pass
-            self._stop.wait(0.1)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 def _get(k8s, api_version: str, kind: str, namespace: str | None, name: str) -> dict | None:
     from providers.kubernetes.generic import KINDS, KubernetesObject
 
@@ -219,54 +180,55 @@ def test_stacks_up_no_changes_destroy(kengine, k8s, tmp_path):
 
 @pytest.mark.slow
 def test_connector_service_on_the_api_server(kengine, k8s):
-    """ConnectorServiceComponent applied for real: the Deployment waits for its rollout (the
-    test plays the controller), carries the gRPC health probes and mounts the Secret, whose
-    value reaches the cluster but not the state; a second up changes nothing; a rotated
+    """ConnectorServiceComponent applied for real: the Deployment waits for its rollout (two
+    pods of the task image serving gRPC, ready by their health probes), mounts the Secret,
+    whose value reaches the cluster but not the state; a second up changes nothing; a rotated
     secret updates the Secret alone; destroy removes all three."""
-    env = {"CONNECTOR_TOKEN": "tok-first-7f3a"}
-    with FakeDeploymentController(k8s) as ctl:
-        p = kengine.spawn("up", str(CONNECTORS), "--json", env=env)
-        out, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err
-        assert ctl.rolled == [("connectors", 1)]
-        doc = json.loads(out)
-        assert doc["summary"]["create"] == 4
+    if not k8s.task_image:
+        pytest.skip("no task image (TASKRIG_TASK_IMAGE) for the connector service's pods")
+    env = {"CONNECTOR_TOKEN": "tok-first-7f3a", "CONNECTOR_IMAGE": k8s.task_image}
+    p = kengine.spawn("up", str(CONNECTORS), "--json", env=env)
+    out, err = p.communicate(timeout=240)
+    assert p.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["summary"]["create"] == 4
 
-        ns = k8s.namespace
-        dep = _get(k8s, "apps/v1", "Deployment", ns, "connectors")
-        (c,) = dep["spec"]["template"]["spec"]["containers"]
-        assert c["command"][:3] == ["engine", "connectors", "serve"] and dep["spec"]["replicas"] == 2
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            command = c[probe]["exec"]["command"]
-            assert command[:2] == ["python", "-c"] and "grpc_health" in command[2], probe
-        assert {"name": "ENGINE_SECRETS_DIR", "value": "/etc/taskrig/secrets"} in c["env"]
-        assert dep["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == "connectors-secrets"
-        service = _get(k8s, "v1", "Service", ns, "connectors")
-        assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
-        assert service["spec"]["ports"][0]["port"] == 8000 and service["spec"]["clusterIP"]
-        secret = _get(k8s, "v1", "Secret", ns, "connectors-secrets")
-        assert base64.b64decode(secret["data"]["TRAIN_TOKEN"]).decode() == "tok-first-7f3a"
-        assert b"tok-first-7f3a" not in kengine.state.read_bytes()
-        outputs = {r["urn"].rsplit("::", 1)[1] + ":" + r["type"].rsplit(":", 1)[1]: r["outputs"]
-                   for r in kengine.resources()}
-        assert outputs["connectors:Service"]["host"] == f"connectors.{ns}.svc.cluster.local"
+    ns = k8s.namespace
+    dep = _get(k8s, "apps/v1", "Deployment", ns, "connectors")
+    assert dep["status"]["readyReplicas"] == 2 and dep["status"]["observedGeneration"] == 1, dep["status"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["command"][:3] == ["engine", "connectors", "serve"] and dep["spec"]["replicas"] == 2
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = c[probe]["exec"]["command"]
+        assert command[:2] == ["python", "-c"] and "grpc_health" in command[2], probe
+    assert {"name": "ENGINE_SECRETS_DIR", "value": "/etc/taskrig/secrets"} in c["env"]
+    assert dep["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == "connectors-secrets"
+    service = _get(k8s, "v1", "Service", ns, "connectors")
+    assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["port"] == 8000 and service["spec"]["clusterIP"]
+    secret = _get(k8s, "v1", "Secret", ns, "connectors-secrets")
+    assert base64.b64decode(secret["data"]["TRAIN_TOKEN"]).decode() == "tok-first-7f3a"
+    assert b"tok-first-7f3a" not in kengine.state.read_bytes()
+    outputs = {r["urn"].rsplit("::", 1)[1] + ":" + r["type"].rsplit(":", 1)[1]: r["outputs"]
+               for r in kengine.resources()}
+    assert outputs["connectors:Service"]["host"] == f"connectors.{ns}.svc.cluster.local"
 
-        r = kengine("preview", str(CONNECTORS), "--detailed-exitcode", env=env)
-        assert r.returncode == 0, r.stdout + r.stderr
-        # Read back, server defaults and a Secret's base64 data are not drift.
-        r = kengine("refresh", "connectors-dev")
-        assert r.returncode == 0, r.stderr
-        assert "changed out of band" not in r.stderr and "no longer exists" not in r.stderr, r.stderr
+    r = kengine("preview", str(CONNECTORS), "--detailed-exitcode", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Read back, server defaults and a Secret's base64 data are not drift.
+    r = kengine("refresh", "connectors-dev")
+    assert r.returncode == 0, r.stderr
+    assert "changed out of band" not in r.stderr and "no longer exists" not in r.stderr, r.stderr
 
-        rotated = {"CONNECTOR_TOKEN": "tok-second-91bc"}
-        plan = kengine.json("preview", str(CONNECTORS), env=rotated)
-        changed = [(s["op"], s["type"]) for s in plan["steps"] if s["op"] != "same"]
-        assert changed == [("update", "kubernetes:core/v1:Secret")], plan
-        assert "tok-second" not in json.dumps(plan)
-        r = kengine("up", str(CONNECTORS), env=rotated)
-        assert r.returncode == 0, r.stderr
-        secret = _get(k8s, "v1", "Secret", ns, "connectors-secrets")
-        assert base64.b64decode(secret["data"]["TRAIN_TOKEN"]).decode() == "tok-second-91bc"
+    rotated = {"CONNECTOR_TOKEN": "tok-second-91bc", "CONNECTOR_IMAGE": k8s.task_image}
+    plan = kengine.json("preview", str(CONNECTORS), env=rotated)
+    changed = [(s["op"], s["type"]) for s in plan["steps"] if s["op"] != "same"]
+    assert changed == [("update", "kubernetes:core/v1:Secret")], plan
+    assert "tok-second" not in json.dumps(plan)
+    r = kengine("up", str(CONNECTORS), env=rotated)
+    assert r.returncode == 0, r.stderr
+    secret = _get(k8s, "v1", "Secret", ns, "connectors-secrets")
+    assert base64.b64decode(secret["data"]["TRAIN_TOKEN"]).decode() == "tok-second-91bc"
 
     r = kengine("destroy", "connectors-dev")
     assert r.returncode == 0, r.stderr
@@ -278,8 +240,9 @@ def test_connector_service_on_the_api_server(kengine, k8s):
 
 @pytest.mark.slow
 def test_deployment_that_never_rolls_out_times_out_and_is_removed(kengine, k8s):
-    """No controller: the readiness wait is bounded, names the Deployment and what to do, and
-    the failed create leaves nothing behind."""
+    """An image no registry serves (every pull on the local node goes to 127.0.0.1:1): the
+    readiness wait is bounded, names the Deployment and what to do, and the failed create
+    leaves nothing behind."""
     env = {"CONNECTOR_TOKEN": "t", "ENGINE_K8S_READY_TIMEOUT": "2"}
     t0 = time.monotonic()
     r = kengine("up", str(CONNECTORS), env=env)

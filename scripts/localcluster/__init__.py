@@ -1,0 +1,1 @@
+"""The project's own single-node Kubernetes cluster (``scripts/local-cluster.sh``)."""
