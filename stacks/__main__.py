@@ -6,7 +6,8 @@
     engine up stacks/
     engine destroy taskrig-dev
 
-Configuration (Pulumi.<stack>.yaml): ``namespace``, ``workers``, ``image``, ``worker_memory``.
+Configuration (Pulumi.<stack>.yaml): ``namespace``, ``workers``, ``image``, ``cpu`` (each pod's,
+default 1), ``worker_memory``.
 """
 
 import pulumi
@@ -19,6 +20,7 @@ cfg = pulumi.Config()
 namespace = cfg.get("namespace") or "analytics"
 workers = cfg.get_int("workers") or 2
 image = cfg.get("image") or "ghcr.io/dask/dask:2025.4.1"
+cpu = cfg.get("cpu") or 1
 worker_memory = cfg.get("worker_memory") or "2Gi"
 
 ns = k8s.core.v1.Namespace("namespace", metadata={"name": namespace, "labels": {"team": namespace}})
@@ -36,8 +38,8 @@ k8s.rbac.v1.RoleBinding("dask", metadata={"name": "dask", "namespace": ns.metada
 
 cluster = DaskClusterComponent(
     "analytics",
-    Dask(scheduler=Scheduler(resources=Resources(cpu=1, memory="1Gi")),
-         workers=WorkerGroup(number_of_workers=workers, resources=Resources(cpu=1, memory=worker_memory))),
+    Dask(scheduler=Scheduler(resources=Resources(cpu=cpu, memory="1Gi")),
+         workers=WorkerGroup(number_of_workers=workers, resources=Resources(cpu=cpu, memory=worker_memory))),
     namespace=ns.metadata.name,
     image=image,
 )

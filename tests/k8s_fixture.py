@@ -1,12 +1,15 @@
 """A real Kubernetes cluster for the kubernetes backend's tests.
 
 ``TASKRIG_K8S_KUBECONFIG`` names any real cluster (kind, a cloud cluster) to use as it is.
-Otherwise the project's own node (``scripts/local-cluster.sh``) is used: reused if it already
+(with the Dask operator running and ``TASKRIG_TASK_IMAGE``, an image its nodes have that holds
+this Python and the engine). Otherwise the project's own node (``scripts/local-cluster.sh
+--operators dask``) is used: reused if it already
 runs (then left running), else started for this session with ``--watch`` on this process (its
 watchdog stops the node if pytest is killed) and stopped at the end. Where neither can be had
 (not root, not Debian) the tests skip with the reason; ``TASKRIG_K8S_REQUIRED=1`` makes that a
 failure, for CI. Only the Dask and PyTorchJob CRDs are loaded: RayCluster's absence is the "CRD
-not installed" case. No operator runs yet: tests play it by patching status (``FakeOperator``).
+not installed" case. The real Dask operator makes the Dask pods; the PyTorchJob's operator is
+not there yet, and tests play it by patching status (``FakeOperator``).
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ class K8s:
     namespace: str = "default"
     local: bool = False  # the project's own node (guard, DNS and images of scripts/local-cluster.sh)
     task_image: str | None = None  # an image with the host's Python and the engine (TASKRIG_TASK_IMAGE)
+    task_image_alias: str | None = None  # the same image by another name (TASKRIG_TASK_IMAGE_ALIAS)
 
     @property
     def env(self) -> dict[str, str]:
-        return {"KUBECONFIG": self.kubeconfig, "ENGINE_K8S_READY_TIMEOUT": "60", "ENGINE_K8S_DELETE_TIMEOUT": "30"}
+        image = {"ENGINE_K8S_IMAGE": self.task_image, "K8S_T_IMAGE": self.task_image} if self.task_image else {}
+        return {"KUBECONFIG": self.kubeconfig, "ENGINE_K8S_READY_TIMEOUT": "60", "ENGINE_K8S_DELETE_TIMEOUT": "120",
+                **image}
 
     def cluster(self):
         from providers.kubernetes.client import cluster
@@ -69,7 +75,8 @@ def _local_cluster(*args, timeout: float) -> subprocess.CompletedProcess:
 def k8s_api():
     given = os.environ.get("TASKRIG_K8S_KUBECONFIG")
     if given:
-        yield K8s(given, _server(given), task_image=os.environ.get("TASKRIG_TASK_IMAGE"))
+        yield K8s(given, _server(given), task_image=os.environ.get("TASKRIG_TASK_IMAGE"),
+                  task_image_alias=os.environ.get("TASKRIG_TASK_IMAGE_ALIAS"))
         return
     if os.geteuid() != 0 or not Path("/usr/bin/dpkg").exists():
         _unavailable("the local cluster needs root on Debian (or set TASKRIG_K8S_KUBECONFIG): "
@@ -79,7 +86,7 @@ def k8s_api():
         yield _local(json.loads(st.stdout)["kubeconfig"])
         return
     before = host_snapshot()
-    r = _local_cluster("start", "--crds", CRD_FAMILIES, "--watch", os.getpid(), timeout=1800)
+    r = _local_cluster("start", "--crds", CRD_FAMILIES, "--operators", "dask", "--watch", os.getpid(), timeout=1800)
     if r.returncode != 0:
         pytest.fail(f"scripts/local-cluster.sh start failed ({r.returncode}):\n{r.stderr[-4000:]}")
     try:
@@ -93,7 +100,8 @@ def k8s_api():
 
 def _local(kubeconfig: str) -> K8s:
     env = dict(line.split("=", 1) for line in (Path(kubeconfig).parent / "env").read_text().splitlines() if "=" in line)
-    return K8s(kubeconfig, _server(kubeconfig), local=True, task_image=env.get("TASKRIG_TASK_IMAGE"))
+    return K8s(kubeconfig, _server(kubeconfig), local=True, task_image=env.get("TASKRIG_TASK_IMAGE"),
+               task_image_alias=env.get("TASKRIG_TASK_IMAGE_ALIAS"))
 
 
 def host_snapshot() -> dict:
@@ -193,9 +201,11 @@ def _kind(kind: str):
     return provider_for(kind)
 
 
-def objects(k8s: K8s, kind: str, stack: str) -> list[dict]:
+def objects(k8s: K8s, kind: str, stack: str, namespace: str | None = None) -> list[dict]:
+    """The stack's objects of ``kind`` in the test's namespace (or ``namespace``): another
+    test's, still being deleted elsewhere, are not this test's."""
     k = _kind(kind)
-    return k8s.cluster().list(k.group, k.version, k.plural, f"taskrig/stack={stack}")
+    return k8s.cluster().list(k.group, k.version, k.plural, f"taskrig/stack={stack}", namespace or k8s.namespace)
 
 
 def patch_status(k8s: K8s, kind: str, namespace: str, name: str, status: dict) -> dict:

@@ -1,8 +1,9 @@
-"""The kubernetes backend against a real API server (``shared/k8s/apiserver``): apply, the
-readiness wait, update in place versus replace, delete and NotFound, drift, the orphan sweep
-after a ``kill -9``, and clear errors for an unreachable cluster or a missing CRD.
+"""The kubernetes backend against a real cluster (the project's own node, ``k8s_fixture``):
+apply, the readiness wait, update in place versus replace, delete and NotFound, drift, the
+orphan sweep after a ``kill -9``, and clear errors for an unreachable cluster or a missing CRD.
 
-No operators run there: the tests patch the status an operator would write.
+The real Dask operator makes the Dask pods; the PyTorchJob's operator is not there (a Go
+program neither Debian nor PyPI ships), so those tests patch the status it would write.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def _plan(engine, *args, env=None):
     return json.loads(r.stdout)
 
 
-def test_up_applies_waits_for_status_and_deletes(kengine, k8s):
-    """engine up creates the DaskCluster, waits for the status the test patches in (the
-    object has no status subresource), runs the task, and deletes the object at teardown."""
+def test_up_applies_waits_for_the_operators_pods_and_deletes(kengine, k8s):
+    """engine up creates the DaskCluster, the real Dask operator makes its scheduler and
+    workers, the engine waits until those pods are up (not only for the operator's phase),
+    runs the task, and deletes the object at teardown; the pods go with it."""
     p = kengine.spawn("up", f"{TARGET}:addr", "--json")
     (obj,) = wait_objects(k8s, "DaskCluster", "k8s_dask")
     meta = obj["metadata"]
@@ -41,17 +43,25 @@ def test_up_applies_waits_for_status_and_deletes(kengine, k8s):
     assert meta["labels"]["taskrig/run-id"].startswith("r")
     assert any(f["manager"] == "taskrig" and f["operation"] == "Apply" for f in meta["managedFields"])
     assert obj["spec"]["worker"]["replicas"] == 2 and obj["spec"]["idleTimeout"] == 3600
-    assert obj["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
-    time.sleep(1.0)
-    assert p.poll() is None, "engine up must wait for readiness"
-    patch_status(k8s, "DaskCluster", meta["namespace"], meta["name"], {"phase": "Running"})
+    res = obj["spec"]["worker"]["spec"]["containers"][0]["resources"]
+    assert res["limits"] == res["requests"] == {"cpu": "500m", "memory": "512Mi"}
+    selector = f"dask.org/cluster-name={meta['name']}"
+    up_before_exit = False
+    deadline = time.monotonic() + 180
+    while p.poll() is None and time.monotonic() < deadline:
+        pods = k8s.cluster().pods(k8s.namespace, selector)
+        running = [q for q in pods if q["status"].get("phase") == "Running"]
+        up_before_exit = up_before_exit or len(running) == 3
+        time.sleep(0.2)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
+    assert up_before_exit, "engine up went on before the scheduler and both workers were Running"
     doc = json.loads(out)
     assert doc["outputs"] == f"tcp://{meta['name']}-scheduler.{k8s.namespace}.svc.cluster.local:8786"
     assert doc["teardown"][0]["op"] == "delete"
     assert objects(k8s, "DaskCluster", "k8s_dask") == []
     assert kengine.resources() == [] and kengine.journal_open() == []
+    wait_for(lambda: not k8s.cluster().pods(k8s.namespace, selector), 60, what="the operator's pods to go")
 
 
 def test_pytorch_job_up(kengine, k8s):
@@ -68,37 +78,37 @@ def test_pytorch_job_up(kengine, k8s):
 def test_second_run_no_changes_then_update_in_place_then_replace(kengine, k8s):
     """A reusable cluster: the second run plans no change; more workers is an in-place update
     (same object, new replicas); a new scheduler image is a replacement (a new object)."""
-    with FakeOperator(k8s, "DaskCluster", "k8s_reuse"):
-        r = kengine("up", f"{TARGET}:reuse_addr")
-        assert r.returncode == 0, r.stderr
-        (first,) = objects(k8s, "DaskCluster", "k8s_reuse")
+    r = kengine("up", f"{TARGET}:reuse_addr")
+    assert r.returncode == 0, r.stderr
+    (first,) = objects(k8s, "DaskCluster", "k8s_reuse")
 
-        plan = _plan(kengine, f"{TARGET}:reuse_addr")
-        assert [s["op"] for s in plan["steps"]] == ["same"], plan
-        r = kengine("preview", f"{TARGET}:reuse_addr", "--detailed-exitcode")
-        assert r.returncode == 0, r.stderr
-        r = kengine("up", f"{TARGET}:reuse_addr", "--json")
-        assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["summary"]["same"] == 1
+    plan = _plan(kengine, f"{TARGET}:reuse_addr")
+    assert [s["op"] for s in plan["steps"]] == ["same"], plan
+    r = kengine("preview", f"{TARGET}:reuse_addr", "--detailed-exitcode")
+    assert r.returncode == 0, r.stderr
+    r = kengine("up", f"{TARGET}:reuse_addr", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["summary"]["same"] == 1
 
-        more = {"K8S_T_WORKERS": "3"}
-        plan = _plan(kengine, f"{TARGET}:reuse_addr", env=more)
-        (step,) = plan["steps"]
-        assert step["op"] == "update" and step["diff"] == {"spec.worker.replicas": {"old": 2, "new": 3}}
-        r = kengine("up", f"{TARGET}:reuse_addr", env=more)
-        assert r.returncode == 0, r.stderr
-        (now,) = objects(k8s, "DaskCluster", "k8s_reuse")
-        assert now["metadata"]["uid"] == first["metadata"]["uid"] and now["spec"]["worker"]["replicas"] == 3
+    more = {"K8S_T_WORKERS": "3"}
+    plan = _plan(kengine, f"{TARGET}:reuse_addr", env=more)
+    (step,) = plan["steps"]
+    assert step["op"] == "update" and step["diff"] == {"spec.worker.replicas": {"old": 2, "new": 3}}
+    r = kengine("up", f"{TARGET}:reuse_addr", env=more)
+    assert r.returncode == 0, r.stderr
+    (now,) = objects(k8s, "DaskCluster", "k8s_reuse")
+    assert now["metadata"]["uid"] == first["metadata"]["uid"] and now["spec"]["worker"]["replicas"] == 3
 
-        new_image = {**more, "K8S_T_SCHED_IMAGE": "ghcr.io/dask/dask:2025.4.1"}
-        plan = _plan(kengine, f"{TARGET}:reuse_addr", env=new_image)
-        (step,) = plan["steps"]
-        assert step["op"] == "replace" and step["replace_keys"] == ["spec.scheduler.spec.containers[0].image"], step
-        r = kengine("up", f"{TARGET}:reuse_addr", env=new_image)
-        assert r.returncode == 0, r.stderr
-        (replaced,) = objects(k8s, "DaskCluster", "k8s_reuse")
-        assert replaced["metadata"]["uid"] != first["metadata"]["uid"]
-        assert replaced["metadata"]["name"] == first["metadata"]["name"]
+    # the same image by another name (the local node tags it so): a new scheduler image
+    new_image = {**more, "K8S_T_SCHED_IMAGE": k8s.task_image_alias}
+    plan = _plan(kengine, f"{TARGET}:reuse_addr", env=new_image)
+    (step,) = plan["steps"]
+    assert step["op"] == "replace" and step["replace_keys"] == ["spec.scheduler.spec.containers[0].image"], step
+    r = kengine("up", f"{TARGET}:reuse_addr", env=new_image)
+    assert r.returncode == 0, r.stderr
+    (replaced,) = objects(k8s, "DaskCluster", "k8s_reuse")
+    assert replaced["metadata"]["uid"] != first["metadata"]["uid"]
+    assert replaced["metadata"]["name"] == first["metadata"]["name"]
 
     r = kengine("destroy", "k8s_reuse")
     assert r.returncode == 0, r.stderr
@@ -108,29 +118,29 @@ def test_second_run_no_changes_then_update_in_place_then_replace(kengine, k8s):
 def test_drift_changed_and_deleted_out_of_band(kengine, k8s):
     """refresh notices a field we declare changed by someone else (and the next plan puts it
     back), and an object deleted out of band (dropped from the state; the next plan creates)."""
-    with FakeOperator(k8s, "DaskCluster", "k8s_reuse"):
-        assert kengine("up", f"{TARGET}:reuse_addr").returncode == 0
-        (obj,) = objects(k8s, "DaskCluster", "k8s_reuse")
-        c, meta = k8s.cluster(), obj["metadata"]
-        c._call("scale", c.api.patch_namespaced_custom_object, "kubernetes.dask.org", "v1", meta["namespace"],
-                "daskclusters", meta["name"], {"spec": {"worker": {"replicas": 7}}},
-                _content_type="application/merge-patch+json")
-        r = kengine("refresh", "k8s_reuse")
-        assert r.returncode == 0 and "changed out of band" in r.stderr, r.stderr
-        (step,) = _plan(kengine, f"{TARGET}:reuse_addr")["steps"]
-        assert step["op"] == "update" and step["diff"] == {"spec.worker.replicas": {"old": 7, "new": 2}}
-        assert kengine("up", f"{TARGET}:reuse_addr").returncode == 0
-        assert objects(k8s, "DaskCluster", "k8s_reuse")[0]["spec"]["worker"]["replicas"] == 2
+    assert kengine("up", f"{TARGET}:reuse_addr").returncode == 0
+    (obj,) = objects(k8s, "DaskCluster", "k8s_reuse")
+    c, meta = k8s.cluster(), obj["metadata"]
+    c._call("scale", c.api.patch_namespaced_custom_object, "kubernetes.dask.org", "v1", meta["namespace"],
+            "daskclusters", meta["name"], {"spec": {"worker": {"replicas": 7}}},
+            _content_type="application/merge-patch+json")
+    r = kengine("refresh", "k8s_reuse")
+    assert r.returncode == 0 and "changed out of band" in r.stderr, r.stderr
+    (step,) = _plan(kengine, f"{TARGET}:reuse_addr")["steps"]
+    assert step["op"] == "update" and step["diff"] == {"spec.worker.replicas": {"old": 7, "new": 2}}
+    assert kengine("up", f"{TARGET}:reuse_addr").returncode == 0
+    assert objects(k8s, "DaskCluster", "k8s_reuse")[0]["spec"]["worker"]["replicas"] == 2
 
-        c.delete("kubernetes.dask.org", "v1", "daskclusters", meta["namespace"], meta["name"])
-        r = kengine("refresh", "k8s_reuse")
-        assert r.returncode == 0 and "no longer exists (drift)" in r.stderr, r.stderr
-        assert kengine.resources() == []
-        assert [s["op"] for s in _plan(kengine, f"{TARGET}:reuse_addr")["steps"]] == ["create"]
+    c.delete("kubernetes.dask.org", "v1", "daskclusters", meta["namespace"], meta["name"])
+    r = kengine("refresh", "k8s_reuse")
+    assert r.returncode == 0 and "no longer exists (drift)" in r.stderr, r.stderr
+    assert kengine.resources() == []
+    assert [s["op"] for s in _plan(kengine, f"{TARGET}:reuse_addr")["steps"]] == ["create"]
 
 
 def _kill_while_provisioning(kengine, k8s, tmp_path):
-    """engine up, killed -9 while it waits for the cluster to become ready (nobody patches)."""
+    """engine up, killed -9 while it waits for the cluster to become ready (the scheduler's
+    readiness probe waits 5 s: the kill comes first)."""
     p = kengine.spawn("up", f"{TARGET}:addr")
     (obj,) = wait_objects(k8s, "DaskCluster", "k8s_dask")
     wait_for(lambda: kengine.journal_open("create"), 30, what="the create intent")

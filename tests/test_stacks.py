@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from k8s_fixture import FakeOperator, objects
+from k8s_fixture import objects
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 CONNECTORS = PROGRAMS / "connectors"
@@ -115,6 +115,11 @@ def test_secrets_stay_out_of_the_plan(engine, tmp_path):
 
 
 # ------------------------------------------------------------------------------ real API server
+def dask_pods_running(k8s, namespace: str, cluster: str) -> int:
+    pods = k8s.cluster().pods(namespace, f"dask.org/cluster-name={cluster}")
+    return sum(p["status"].get("phase") == "Running" for p in pods)
+
+
 def _get(k8s, api_version: str, kind: str, namespace: str | None, name: str) -> dict | None:
     from providers.kubernetes.generic import KINDS, KubernetesObject
 
@@ -124,53 +129,56 @@ def _get(k8s, api_version: str, kind: str, namespace: str | None, name: str) -> 
 @pytest.mark.slow
 def test_stacks_up_no_changes_destroy(kengine, k8s, tmp_path):
     """``engine up stacks/``: the namespace, service account, RBAC and DaskCluster exist (the
-    test marks the DaskCluster Running, as its operator would); a second up changes nothing;
-    ``engine destroy`` removes them (the namespace is left Terminating: no controller here)."""
+    real Dask operator runs its scheduler and 3 workers from the task image); a second up
+    changes nothing; ``engine destroy`` removes them (the namespace goes, or is Terminating)."""
+    if not k8s.task_image:
+        pytest.skip("no task image (TASKRIG_TASK_IMAGE) for the Dask pods")
     proj = tmp_path / "proj"
     proj.mkdir()
     shutil.copy(ROOT / "Pulumi.yaml", proj)
     shutil.copytree(ROOT / "stacks", proj / "stacks", ignore=shutil.ignore_patterns("__pycache__"))
     team = f"{k8s.namespace}-team"
-    (proj / "Pulumi.test.yaml").write_text(f"config:\n  taskrig:namespace: {team}\n  taskrig:workers: 3\n")
+    (proj / "Pulumi.test.yaml").write_text(f"config:\n  taskrig:namespace: {team}\n  taskrig:workers: 3\n"
+                                           f"  taskrig:image: {k8s.task_image}\n  taskrig:cpu: 250m\n"
+                                           "  taskrig:worker_memory: 512Mi\n")
     env = {"PULUMI_STACK": "test"}
 
-    with FakeOperator(k8s, "DaskCluster", "taskrig-test") as op:
-        r = kengine("up", str(proj / "stacks"), "--json", env=env)
-        assert r.returncode == 0, r.stderr
-        doc = json.loads(r.stdout)
-        assert doc["summary"]["create"] == 6 and doc["status"] == "succeeded"
-        assert op.patched == ["analytics"]
+    r = kengine("up", str(proj / "stacks"), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["summary"]["create"] == 6 and doc["status"] == "succeeded"
+    assert dask_pods_running(k8s, team, "analytics") == 4
 
-        ns = _get(k8s, "v1", "Namespace", None, team)
-        assert ns["metadata"]["labels"]["team"] == team
-        assert any(f["manager"] == "taskrig" for f in ns["metadata"]["managedFields"])
-        assert _get(k8s, "v1", "ServiceAccount", team, "dask") is not None
-        binding = _get(k8s, "rbac.authorization.k8s.io/v1", "RoleBinding", team, "dask")
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dask", "namespace": team}]
-        (dask,) = objects(k8s, "DaskCluster", "taskrig-test")
-        assert dask["metadata"]["namespace"] == team and dask["spec"]["worker"]["replicas"] == 3
+    ns = _get(k8s, "v1", "Namespace", None, team)
+    assert ns["metadata"]["labels"]["team"] == team
+    assert any(f["manager"] == "taskrig" for f in ns["metadata"]["managedFields"])
+    assert _get(k8s, "v1", "ServiceAccount", team, "dask") is not None
+    binding = _get(k8s, "rbac.authorization.k8s.io/v1", "RoleBinding", team, "dask")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dask", "namespace": team}]
+    (dask,) = objects(k8s, "DaskCluster", "taskrig-test", team)
+    assert dask["metadata"]["namespace"] == team and dask["spec"]["worker"]["replicas"] == 3
 
-        r = kengine("preview", str(proj / "stacks"), "--detailed-exitcode", env=env)
-        assert r.returncode == 0, r.stdout + r.stderr
-        r = kengine("up", str(proj / "stacks"), "--json", env=env)
-        assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["summary"] == {"create": 0, "update": 0, "replace": 0, "delete": 0, "options": 0, "same": 6}
+    r = kengine("preview", str(proj / "stacks"), "--detailed-exitcode", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = kengine("up", str(proj / "stacks"), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["summary"] == {"create": 0, "update": 0, "replace": 0, "delete": 0, "options": 0, "same": 6}
 
-        # Drift: a label the program sets, changed out of band, is found by refresh and put back.
-        from providers.kubernetes.generic import KINDS, _request
+    # Drift: a label the program sets, changed out of band, is found by refresh and put back.
+    from providers.kubernetes.generic import KINDS, _request
 
-        _request(k8s.cluster(), "label", "PATCH", KINDS[("v1", "Namespace")].path(None, team),
-                 {"metadata": {"labels": {"team": "someone-else"}}}, "application/merge-patch+json")
-        r = kengine("refresh", "taskrig-test")
-        assert r.returncode == 0 and "changed out of band" in r.stderr, r.stderr
-        (step,) = [s for s in kengine.json("preview", str(proj / "stacks"), env=env)["steps"] if s["op"] != "same"]
-        assert step["op"] == "update" and step["diff"] == {"metadata.labels.team": {"old": "someone-else", "new": team}}
-        assert kengine("up", str(proj / "stacks"), env=env).returncode == 0
-        assert _get(k8s, "v1", "Namespace", None, team)["metadata"]["labels"]["team"] == team
+    _request(k8s.cluster(), "label", "PATCH", KINDS[("v1", "Namespace")].path(None, team),
+             {"metadata": {"labels": {"team": "someone-else"}}}, "application/merge-patch+json")
+    r = kengine("refresh", "taskrig-test")
+    assert r.returncode == 0 and "changed out of band" in r.stderr, r.stderr
+    (step,) = [s for s in kengine.json("preview", str(proj / "stacks"), env=env)["steps"] if s["op"] != "same"]
+    assert step["op"] == "update" and step["diff"] == {"metadata.labels.team": {"old": "someone-else", "new": team}}
+    assert kengine("up", str(proj / "stacks"), env=env).returncode == 0
+    assert _get(k8s, "v1", "Namespace", None, team)["metadata"]["labels"]["team"] == team
 
     r = kengine("destroy", "taskrig-test")
     assert r.returncode == 0, r.stderr
-    assert objects(k8s, "DaskCluster", "taskrig-test") == []
+    assert objects(k8s, "DaskCluster", "taskrig-test", team) == []
     assert _get(k8s, "v1", "ServiceAccount", team, "dask") is None
     assert _get(k8s, "rbac.authorization.k8s.io/v1", "Role", team, "dask") is None
     ns = _get(k8s, "v1", "Namespace", None, team)

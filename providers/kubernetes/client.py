@@ -98,8 +98,12 @@ class Cluster:
                           force=True, _content_type=APPLY)
 
     def delete(self, group, version, plural, namespace, name) -> None:
+        """Foreground: the object stays (deleting) until the garbage collector has removed what
+        its operator made for it, so "gone" means the pods and Services too, and a replacement
+        of the same name never meets the old one's Deployments (which an operator that creates
+        only what is missing would take for its own)."""
         self._call(f"delete {plural}/{name} in {namespace}", self.api.delete_namespaced_custom_object,
-                   group, version, namespace, plural, name, propagation_policy="Background")
+                   group, version, namespace, plural, name, propagation_policy="Foreground")
 
     def list(self, group, version, plural, selector: str, namespace: str | None = None) -> list[dict]:
         if namespace:
@@ -109,6 +113,16 @@ class Cluster:
             out = self._call(f"list {plural}", self.api.list_cluster_custom_object,
                              group, version, plural, label_selector=selector)
         return out.get("items", [])
+
+    def pods(self, namespace: str, selector: str) -> list[dict]:
+        """The pods an operator made for an object (by its labels): where readiness and the
+        reason a pod will never start (an image that does not exist, OOMKilled) are read."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api.api_client)
+        out = self._call(f"list pods {selector} in {namespace}", core.list_namespaced_pod, namespace,
+                         label_selector=selector)
+        return (out or {}).get("items", [])
 
     def patch_status(self, group, version, plural, namespace, name, status: dict, subresource: bool) -> dict:
         """What an operator does (the tests play it): a merge patch of ``status``, through the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from typing import Callable
 
 from engine.extend import ConfigError, Declaration, DeclareContext, Options
@@ -28,7 +29,9 @@ def target(ctx: DeclareContext, physical_name: str, name_max: int = 63) -> Targe
         name=dns_name(physical_name, name_max),
         namespace=namespace_from_env(),
         labels=labels(ctx.stack, ctx.run_id, ctx.task_name),
-        image=image_name(getattr(env, "image", None)),
+        # image=None: the engine's default task image (ENGINE_K8S_IMAGE; the local cluster's
+        # is in its env file as TASKRIG_TASK_IMAGE), else each plugin's upstream default
+        image=image_name(getattr(env, "image", None)) or os.environ.get("ENGINE_K8S_IMAGE") or None,
         resources=getattr(env, "resources", None),
         env=dict(getattr(env, "env_vars", None) or {}),
         ttl_seconds=ttl,

@@ -62,6 +62,37 @@ def project(live: Any, desired: Any) -> Any:
     return live
 
 
+# Waiting reasons after which a container will not start by itself (a pull the kubelet keeps
+# failing, an image that may not be pulled, a crash loop, a bad config): fail now, not at the
+# ready timeout.
+NEVER_STARTS = ("ErrImageNeverPull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                "CreateContainerError", "CrashLoopBackOff", "RunContainerError")
+
+
+def pod_failure(pod: dict) -> str | None:
+    """One line naming the pod, its container's image and the reason, if it will never run."""
+    meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+    images = {c.get("name"): c.get("image") for c in (pod.get("spec") or {}).get("containers") or []}
+    for cs in st.get("containerStatuses") or []:
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        waiting = state.get("waiting") or {}
+        ended = state.get("terminated") or last.get("terminated") or {}
+        image = images.get(cs.get("name")) or cs.get("image")
+        if waiting.get("reason") in NEVER_STARTS:
+            msg = (waiting.get("message") or "").splitlines()[0][:300] if waiting.get("message") else ""
+            return f"pod {meta.get('name')}: image {image}: {waiting['reason']}" + (f" ({msg})" if msg else "")
+        if ended.get("reason") == "OOMKilled":
+            return f"pod {meta.get('name')}: container {cs.get('name')} was OOMKilled (its memory limit is too low)"
+    if st.get("phase") == "Failed":
+        return f"pod {meta.get('name')} failed: {st.get('reason') or ''} {st.get('message') or ''}".strip()
+    return None
+
+
+def _pod_ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 class CustomResource(Provider):
     """Base of one kind; subclasses name the kind and say how its operator reports readiness."""
 
@@ -81,6 +112,14 @@ class CustomResource(Provider):
     def in_place(self, spec: dict) -> dict:
         """The spec without what an in-place apply rolls out; a change elsewhere replaces."""
         return spec
+
+    def pod_selector(self, name: str) -> str | None:
+        """The label selector of the pods the operator makes for object ``name``, where a kind
+        needs its pods' own state for readiness (None: the operator's status is enough)."""
+        return None
+
+    def pods_ready(self, obj: dict, pods: list[dict]) -> bool:
+        return True
 
     def addresses(self, name: str, namespace: str, obj: dict) -> dict:
         return {}
@@ -139,13 +178,22 @@ class CustomResource(Provider):
             interval = min(interval * 1.5, POLL_MAX)
 
     def _wait_ready(self, c, ns: str, name: str) -> dict:
+        selector = self.pod_selector(name)
+
         def done(obj):
             if obj is None:
                 raise RuntimeError(f"{self.kind} {ns}/{name} disappeared while waiting for it to become ready")
             why = self.failed(obj)
             if why:
                 raise RuntimeError(f"{self.kind} {ns}/{name} failed: {why}")
-            return self.ready(obj)
+            if selector is None:
+                return self.ready(obj)
+            pods = c.pods(ns, selector)
+            for pod in pods:
+                why = pod_failure(pod)
+                if why:
+                    raise RuntimeError(f"{self.kind} {ns}/{name} will not become ready: {why}")
+            return self.ready(obj) and self.pods_ready(obj, pods)
 
         return self._wait(c, ns, name, "not ready", done, ready_timeout())
 
@@ -239,13 +287,28 @@ class CustomResource(Provider):
 # ------------------------------------------------------------------------------ the kinds
 class DaskCluster(CustomResource):
     """Dask Operator. No status subresource: the operator writes ``status.phase`` through the
-    object itself; ``Running`` once the scheduler is up."""
+    object itself (``Error`` when it rejects one). Ready once its pods are: the scheduler pod
+    Ready and the default group's workers Running."""
 
     group, version, kind, plural = "kubernetes.dask.org", "v1", "DaskCluster", "daskclusters"
     status_subresource = False
 
     def ready(self, obj):
-        return (obj.get("status") or {}).get("phase") == "Running"
+        # Not status.phase alone: the operator (2026.3.0) sometimes leaves a complete, usable
+        # cluster Pending (dask/dask-kubernetes#968). Its pods say whether it is up.
+        return True
+
+    def pod_selector(self, name):
+        return f"dask.org/cluster-name={name}"
+
+    def pods_ready(self, obj, pods):
+        """The scheduler pod Ready and every worker of the default group Running."""
+        def of(component):
+            return [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get("dask.org/component") == component
+                    and not (p.get("metadata") or {}).get("deletionTimestamp")]
+        want = ((obj.get("spec") or {}).get("worker") or {}).get("replicas", 0)
+        running = [p for p in of("worker") if (p.get("status") or {}).get("phase") == "Running"]
+        return any(_pod_ready(p) for p in of("scheduler")) and len(running) >= want
 
     def failed(self, obj):
         # "Error": the operator rejected it (an invalid name); the rest are Created, Pending, Running.

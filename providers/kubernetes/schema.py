@@ -62,7 +62,7 @@ def crd_dir() -> Path:
 
 
 def crd_file(group: str, plural: str) -> Path:
-    """``<group>_<plural>.yaml``: the name kubebuilder (and ``shared/crds``) gives CRD files."""
+    """``<group>_<plural>.yaml``: the name kubebuilder gives CRD files."""
     return crd_dir() / f"{group}_{plural}.yaml"
 
 

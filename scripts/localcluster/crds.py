@@ -27,14 +27,17 @@ FAMILIES = {
 }
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the Ray and Spark CRDs are 10k+ lines
+
+
 def _source(ref: str) -> dict:
     if ref.startswith("dask:"):
         base = resources.files("dask_kubernetes.operator") / "deployment" / "helm" / "dask-kubernetes-operator" / "crds"
-        return yaml.safe_load((base / f"{ref[5:]}.yaml").read_text())
+        return yaml.load((base / f"{ref[5:]}.yaml").read_text(), Loader=_Loader)
     path = PROJECT_CRDS / ref
     if not path.is_file():
         raise FileNotFoundError(f"no CRD file {path}")
-    return yaml.safe_load(path.read_text())
+    return yaml.load(path.read_text(), Loader=_Loader)
 
 
 def for_120(crd: dict) -> dict:

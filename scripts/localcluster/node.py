@@ -30,6 +30,7 @@ RUNTIME_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptabl
 PROCESSES = ("containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "cluster-dns",
              "kube-proxy", "kubelet")
 OPERATORS = ("dask",)
+TASK_IMAGE_ALIAS = "localhost/taskrig-task:current"
 # the engine with the Dask example's and the connector service's packages (not torch, Ray or
 # Spark: hundreds of MB each, for the images of their own issue)
 TASK_IMAGE_DISTRIBUTIONS = ("taskrig", "dask", "distributed", "cloudpickle", "grpcio", "grpcio-health-checking",
@@ -149,6 +150,8 @@ def _start(node: Path, families: list[str], operators: list[str]) -> None:
     task_tag, archives = _images()
     for archive in archives:
         images.import_image(archive, sock)
+    # the same image under a second, fixed name: "a different image" without a registry
+    run(["ctr", "--address", sock, "-n", "k8s.io", "images", "tag", "--force", task_tag, TASK_IMAGE_ALIAS])
 
     ep, pp = _free_port(), _free_port()
     launch(node, "etcd", [paths.BIN / "etcd", "--name", "taskrig", "--data-dir", node / "etcd",
@@ -201,7 +204,8 @@ def _start(node: Path, families: list[str], operators: list[str]) -> None:
              node, "kube-controller-manager")
     wait_for("the cluster DNS", lambda: "ready" in (node / "cluster-dns.log").read_text(), 30, node, "cluster-dns")
     _operators(node, operators)
-    (node / "env").write_text(f"KUBECONFIG={kc}\nK8S_API_URL={API}\nTASKRIG_TASK_IMAGE={task_tag}\n")
+    (node / "env").write_text(f"KUBECONFIG={kc}\nK8S_API_URL={API}\nTASKRIG_TASK_IMAGE={task_tag}\n"
+                              f"TASKRIG_TASK_IMAGE_ALIAS={TASK_IMAGE_ALIAS}\n")
 
 
 def _images() -> tuple[str, list[Path]]:
@@ -230,11 +234,22 @@ def _operators(node: Path, operators: list[str]) -> None:
         if recorded(node, name):
             continue
         if o == "dask":
-            launch(node, name, [Path(sys.executable).parent / "kopf", "run", "--standalone", "--all-namespaces",
-                                "-m", "dask_kubernetes.operator.controller"],
+            # dask-kubernetes' own kopf controller, unmodified; --standalone: no KopfPeering CRD
+            # It talks to schedulers by their Service names (idleTimeout, scale-down), so it runs
+            # where cluster names resolve: in a mount namespace of its own whose resolv.conf is
+            # the cluster DNS (which answers nothing else), as if it ran in a pod.
+            port = _free_port()
+            resolv = node / "etc" / "operator-resolv.conf"
+            resolv.write_text(f"nameserver {paths.NODE_IP}\nsearch svc.{paths.CLUSTER_DOMAIN} {paths.CLUSTER_DOMAIN}\n"
+                              "options ndots:5 timeout:1 attempts:2\n")
+            kopf = [Path(sys.executable).parent / "kopf", "run", "--standalone", "--all-namespaces",
+                    f"--liveness=http://127.0.0.1:{port}/healthz", "-m", "dask_kubernetes.operator.controller"]
+            launch(node, name, ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv, *kopf],
                    env={"KUBECONFIG": str(node / "kubeconfig")})
-            wait_for("the Dask operator", lambda: "Watching for" in (node / f"{name}.log").read_text()
-                     or "Starting the main" in (node / f"{name}.log").read_text(), 60, node, name)
+            wait_for("the Dask operator's liveness endpoint",
+                     lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200,
+                     60, node, name)
         log(f"operator {o} running (pid {recorded(node, name)})")
 
 

@@ -1,5 +1,6 @@
-"""Dask tasks on the kubernetes backend. Nothing runs in the test cluster (no kubelet), so the
-bodies only report what they were attached to; they never connect."""
+"""Dask tasks on the kubernetes backend. The real Dask operator makes the pods, from the task
+image of the test cluster (K8S_T_IMAGE); the bodies still run in the engine's process, so they
+report what they were attached to and never connect."""
 
 import os
 import time
@@ -9,8 +10,8 @@ import engine
 from providers.dask import Dask, Scheduler, WorkerGroup
 
 env = engine.TaskEnvironment(name="k8s_dask", plugin_config=Dask(workers=WorkerGroup(number_of_workers=2)),
-                             backend="kubernetes", image="ghcr.io/dask/dask:2025.4.1",
-                             resources=engine.Resources(cpu=1, memory="1Gi"))
+                             backend="kubernetes", image=os.environ.get("K8S_T_IMAGE", "ghcr.io/dask/dask:2025.4.1"),
+                             resources=engine.Resources(cpu="500m", memory="512Mi"))
 
 # Reusable, sized from the environment so a test can change the config between runs.
 reuse = engine.TaskEnvironment(
