@@ -612,7 +612,19 @@ def task_image(distributions: list[str], extra_paths: Iterable[Path] = (),
     write_docker_archive(out, tag, [tree.write], config)
     log(f"task image {tag}: {len(tree.entries)} entries, {out.stat().st_size / 1e6:.0f} MB "
         f"in {time.monotonic() - t0:.1f} s ({out})")
+    _prune("taskrig-task-*.docker.tar", keep=KEEP_TASK_IMAGES)
     return tag, out
+
+
+KEEP_TASK_IMAGES = 3  # each edit of the engine makes a new one (~240 MB): the newest few stay
+
+
+def _prune(pattern: str, keep: int) -> None:
+    """The cache keeps the ``keep`` newest archives (a checkout alternating with another
+    rebuilds in seconds); older ones would only fill the disk."""
+    found = sorted(paths.IMAGES.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in found[keep:]:
+        old.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------ containerd
