@@ -46,16 +46,19 @@ def test_up_applies_waits_for_the_operators_pods_and_deletes(kengine, k8s):
     res = obj["spec"]["worker"]["spec"]["containers"][0]["resources"]
     assert res["limits"] == res["requests"] == {"cpu": "500m", "memory": "512Mi"}
     selector = f"dask.org/cluster-name={meta['name']}"
-    up_before_exit = False
+    up_before_exit, restarts = False, 0
     deadline = time.monotonic() + 180
     while p.poll() is None and time.monotonic() < deadline:
         pods = k8s.cluster().pods(k8s.namespace, selector)
         running = [q for q in pods if q["status"].get("phase") == "Running"]
         up_before_exit = up_before_exit or len(running) == 3
+        restarts = max([restarts] + [c.get("restartCount", 0) for q in pods
+                                     for c in q["status"].get("containerStatuses") or []])
         time.sleep(0.2)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert up_before_exit, "engine up went on before the scheduler and both workers were Running"
+    assert restarts == 0, "a scheduler or worker container restarted (it failed to start in the image)"
     doc = json.loads(out)
     assert doc["outputs"] == f"tcp://{meta['name']}-scheduler.{k8s.namespace}.svc.cluster.local:8786"
     assert doc["teardown"][0]["op"] == "delete"

@@ -494,7 +494,10 @@ def _console_scripts(tree: Tree, dists, python: str) -> None:
             if ep.group != "console_scripts":
                 continue
             head = ep.attr.split(".")[0]
-            body = f"#!{python}\nimport sys\nfrom {ep.module} import {head}\nsys.exit({ep.attr}())\n"
+            # the guard as pip writes it: a nanny starts its worker with multiprocessing's
+            # "spawn", which runs this main script again in the child
+            body = (f"#!{python}\nimport sys\nfrom {ep.module} import {head}\n"
+                    f"if __name__ == \"__main__\":\n    sys.exit({ep.attr}())\n")
             tree.data(f"usr/local/bin/{ep.name}", body.encode(), 0o755)
 
 
