@@ -89,8 +89,7 @@ def pod_failure(pod: dict) -> str | None:
 
 
 def _pod_ready(pod: dict) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return _conditions(pod).get("Ready", {}).get("status") == "True"
 
 
 class CustomResource(Provider):

@@ -135,8 +135,7 @@ def _start(node: Path, families: list[str], operators: list[str]) -> None:
 
     for old in node.glob("*.log"):
         old.unlink()
-    led = hostchanges.record(node)
-    del led
+    hostchanges.record(node)
     _bridge()
     guard.install(guard.outside_interfaces())  # before anything can create a Service
     pkidir = pki.make(node)
