@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import traceback
-from pathlib import Path
 from typing import Callable
 
 import click
@@ -24,7 +23,7 @@ from .render import (PLAN_FORMAT_VERSION, CollectingReporter, ConsoleReporter, i
                      summary_line)
 from .report import Reporter
 from .secrets import error_text, redact_text
-from .state import State, default_path
+from .state import State, locate
 
 # Piped output (a log, a pipeline) gets wide lines instead of the 80 columns rich assumes.
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
@@ -89,11 +88,12 @@ def json_option(f):
 
 
 def state_option(f):
-    @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
-                  help="State file (default: $ENGINE_STATE or .engine/state.db).")
+    @click.option("--state", "state_path", default=None, metavar="PATH|URL",
+                  help="State file, or postgresql://user@host:port/db?schema=NAME "
+                       "(default: $ENGINE_STATE or .engine/state.db).")
     @functools.wraps(f)
     def wrapper(*a, state_path=None, **kw):
-        return f(*a, state_path=Path(state_path) if state_path else default_path(), **kw)
+        return f(*a, state_path=locate(state_path or None), **kw)
     return wrapper
 
 
@@ -101,11 +101,11 @@ def _session(state_path, backend=None, lock_timeout=0.0, reporter=None) -> Sessi
     return Session(state=state_path, backend=backend, lock_timeout=lock_timeout, reporter=reporter)
 
 
-def _open_existing(state_path: Path) -> State | None:
+def _open_existing(state_path) -> State | None:
     return State(state_path) if state_path.exists() else None
 
 
-def _read_existing(state_path: Path) -> State | None:
+def _read_existing(state_path) -> State | None:
     """For commands that only look: no lock, no migration, nothing written."""
     return State.reader(state_path) if state_path.exists() else None
 
@@ -328,6 +328,27 @@ def state_show(urn, as_json, state_path):
             out.print(f"[bold]{k}[/bold]: {escape(json.dumps(v, default=str))}")
 
 
+@state_group.command("migrate")
+@click.option("--to", "to", required=True, metavar="PATH|URL",
+              help="The target: postgresql://... or a file path; it must hold no state yet.")
+@click.option("--lock-timeout", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for each stack's lock in the source.")
+@json_option
+@state_option
+def state_migrate(to, lock_timeout, as_json, state_path):
+    """Copy every stack, run, resource, pending delete and journal row of the state into an
+    empty target (SQLite -> PostgreSQL or back), verified row for row."""
+    from .migrate import migrate
+
+    report = migrate(state_path, locate(to), lock_timeout)
+    if as_json:
+        _emit_json(report)
+        return
+    counts = ", ".join(f"{n} {t.replace('_', ' ')}" for t, n in report["rows"].items())
+    out.print(f"Copied {len(report['stacks'])} stack(s) ({counts}) from {escape(report['source'])} to "
+              f"{escape(report['target'])}; verified row for row.")
+
+
 @cli.command()
 @click.option("--stack", default=None)
 @json_option
@@ -352,9 +373,24 @@ def runs(stack, as_json, state_path):
 @click.argument("lock_id")
 @state_option
 def unlock(stack, lock_id, state_path):
-    """Break STACK's lock when its holder cannot release it (the lock id must match)."""
-    from .lock import force_unlock
+    """Break STACK's lock when its holder cannot release it (the lock id must match).
 
+    With a PostgreSQL state this clears a stale holder record; the advisory lock of a live
+    session cannot be broken (it is released when that session ends)."""
+    from .lock import force_unlock, pg_force_unlock
+    from .pgstate import PgTarget
+
+    if isinstance(state_path, PgTarget):
+        if not state_path.exists():
+            raise ConfigError(f"stack {stack!r} is not locked", "STACK")
+        state = State(state_path)
+        try:
+            holder = pg_force_unlock(state, stack, lock_id)
+        finally:
+            state.close()
+        out.print(f"Cleared the stale lock record of stack {escape(stack)} (pid {holder.get('pid')} on "
+                  f"{holder.get('host')}, whose database session has ended: the lock itself was free).")
+        return
     holder = force_unlock(state_path, stack, lock_id)
     out.print(f"Unlocked stack {escape(stack)} (was held by pid {holder.get('pid')} on {holder.get('host')}).")
 
@@ -370,11 +406,13 @@ def image_group():
 @click.option("--dry-run", is_flag=True, help="Render and plan only; print the Dockerfile on stdout.")
 @click.option("--builder", type=click.Choice(["local"]), default="local", show_default=True)
 @click.option("--force", is_flag=True, help="Build even when the state says this spec is built.")
+@click.option("--load-local-cluster", is_flag=True,
+              help="Then import each image into the local cluster's containerd (scripts/local-cluster.sh).")
 @inputs_option
 @json_option
 @click.option("--lock-timeout", type=float, default=0.0, show_default=True)
 @state_option
-def image_build(target, dry_run, builder, force, inputs, as_json, lock_timeout, state_path):
+def image_build(target, dry_run, builder, force, load_local_cluster, inputs, as_json, lock_timeout, state_path):
     """Build TARGET (FILE.py:NAME or MODULE:NAME): an engine.Image, or a function that calls
     ImageBuildEngine.build itself (its arguments from -i), every build of which --dry-run previews."""
     import asyncio
@@ -398,6 +436,11 @@ def image_build(target, dry_run, builder, force, inputs, as_json, lock_timeout, 
             called = obj(**parse_inputs(inputs))
             if inspect.isawaitable(called):
                 asyncio.run(called)
+    if load_local_cluster and not dry_run:
+        from .image import load_into_local_cluster
+
+        for r in scope.results:
+            load_into_local_cluster(r.uri)
     if as_json:
         _emit_json([{"uri": r.uri, "built": r.built, "dockerfile": r.dockerfile,
                      "plan": plan_json(r.plan) if r.plan else None} for r in scope.results])

@@ -5,13 +5,13 @@ from .registry import ProviderRegistry, TaskPluginRegistry
 from .errors import NotFound
 from .resource import (Declaration, Diff, Options, Owned, Provider, ProviderContext, Read, Timeouts, call_deadline,
                        make_urn)
-from .errors import ConfigError
+from .errors import BodyFailed, ConfigError
 from .image import ImageBuildEngine
 from .runenv import native as native_env
 from .secrets import PLACEHOLDER_PREFIX, secret_digest, secret_placeholder
 
 __all__ = [
-    "Attachment", "ConfigError", "Declaration", "DeclareContext", "Diff", "ImageBuildEngine", "NotFound", "Options",
+    "Attachment", "BodyFailed", "ConfigError", "Declaration", "DeclareContext", "Diff", "ImageBuildEngine", "NotFound", "Options",
     "Owned", "Provider", "ProviderContext", "ProviderRegistry", "Read", "TaskPlugin", "TaskPluginRegistry", "Timeouts", "call_deadline", "make_urn", "native_env",
     "PLACEHOLDER_PREFIX", "secret_digest", "secret_placeholder",
 ]

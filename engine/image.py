@@ -3,7 +3,7 @@
 An ``Image`` is immutable: every ``with_*`` returns a new one. Its tag is a hash of the base
 and of every layer (a source folder counts by its files' contents), so one spec always names
 one image and any change names a new one. ``ImageBuildEngine.build`` renders a Dockerfile and
-a build context and builds them with a working local builder (docker buildx, or podman).
+a build context and builds them with a working local builder (docker buildx, podman or buildah).
 
 A built image is a resource (``image:index:Image``) of the ``images`` stack, planned, journaled
 and recorded like any other: building the same spec again is a no-change plan, a changed
@@ -331,9 +331,33 @@ def render_context(inputs: dict, dest: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------- builders
+BUILDERS = ("docker", "podman", "buildah")  # the order find_builder tries them in
+_STEP_RE = re.compile(r"^(STEP \d+/\d+: .*|#\d+ \[[^\]]*\d+/\d+\] .*)$")  # podman/buildah, buildx
+
+
+def image_store() -> Path:
+    """Where ``scripts/image-builder.sh`` keeps podman's and buildah's configuration and image
+    store for this project (``TASKRIG_IMAGE_STORE``, else ``~/.cache/taskrig-images``): the
+    host's /etc/containers and /var/lib/containers stay untouched."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("TASKRIG_IMAGE_STORE") or Path(base) / "taskrig-images")
+
+
+def builder_env() -> dict[str, str]:
+    """The environment podman and buildah run in: the project's storage.conf and
+    containers.conf when image-builder.sh wrote them, unless the caller named their own."""
+    env = dict(os.environ)
+    store = image_store()
+    for var, name in (("CONTAINERS_STORAGE_CONF", "storage.conf"), ("CONTAINERS_CONF", "containers.conf")):
+        if var not in env and (store / name).is_file():
+            env[var] = str(store / name)
+    return env
+
+
 def _probe(argv: list[str], timeout: float = 20.0) -> tuple[bool, str]:
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                           env=builder_env())
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"{type(e).__name__}: {e}"
     if r.returncode == 0:
@@ -342,30 +366,41 @@ def _probe(argv: list[str], timeout: float = 20.0) -> tuple[bool, str]:
     return False, next((line.strip() for line in text if line.strip()), f"exit code {r.returncode}")
 
 
+def _wanted_builders() -> tuple[str, ...]:
+    """``ENGINE_IMAGE_BUILDER=podman`` (or docker, buildah) looks at that one only."""
+    want = os.environ.get("ENGINE_IMAGE_BUILDER", "").strip()
+    if not want:
+        return BUILDERS
+    if want not in BUILDERS:
+        raise ConfigError(f"ENGINE_IMAGE_BUILDER={want!r} is not one of {', '.join(BUILDERS)}", "builder")
+    return (want,)
+
+
 def find_builder() -> tuple[str | None, list[str]]:
     """The first working local builder (``docker`` with buildx and a reachable engine, then
-    ``podman``), and why each one looked at is unusable. A CLI on PATH is not enough: the
-    docker CLI without a daemon cannot build."""
+    ``podman``, then ``buildah``), and why each one looked at is unusable. A CLI on PATH is not
+    enough: the docker CLI without a daemon cannot build, and ``podman info`` / ``buildah info``
+    open the image store and find the runtime, which is what a build needs."""
     reasons = []
-    docker = shutil.which("docker")
-    if docker is None:
-        reasons.append("docker buildx: `docker` is not on PATH")
-    else:
-        bx_ok, bx_why = _probe([docker, "buildx", "version"])
-        info_ok, info_why = _probe([docker, "info", "--format", "{{.ServerVersion}}"])
-        if bx_ok and info_ok:
-            return "docker", reasons
-        why = ([] if bx_ok else [f"`docker buildx version` failed: {bx_why}"]) + \
-              ([] if info_ok else [f"`docker info` failed: {info_why}"])
-        reasons.append("docker buildx: " + "; ".join(why))
-    podman = shutil.which("podman")
-    if podman is None:
-        reasons.append("podman: `podman` is not on PATH")
-    else:
-        ok, why = _probe([podman, "info"])
+    for name in _wanted_builders():
+        exe = shutil.which(name)
+        label = "docker buildx" if name == "docker" else name
+        if exe is None:
+            reasons.append(f"{label}: `{name}` is not on PATH")
+            continue
+        if name == "docker":
+            bx_ok, bx_why = _probe([exe, "buildx", "version"])
+            info_ok, info_why = _probe([exe, "info", "--format", "{{.ServerVersion}}"])
+            if bx_ok and info_ok:
+                return name, reasons
+            why = ([] if bx_ok else [f"`docker buildx version` failed: {bx_why}"]) + \
+                  ([] if info_ok else [f"`docker info` failed: {info_why}"])
+            reasons.append("docker buildx: " + "; ".join(why))
+            continue
+        ok, why = _probe([exe, "info"])
         if ok:
-            return "podman", reasons
-        reasons.append(f"podman: `podman info` failed: {why}")
+            return name, reasons
+        reasons.append(f"{name}: `{name} info` failed: {why}")
     return None, reasons
 
 
@@ -376,13 +411,206 @@ def require_builder(builder: str = "local") -> str:
     found, reasons = find_builder()
     if found is None:
         raise NoBuilder("no working image builder for builder='local'; looked for: " + "; ".join(reasons)
-                        + ". Install and start Docker with the buildx plugin, or Podman; or render the Dockerfile "
+                        + ". Install and start Docker with the buildx plugin, or Podman or Buildah "
+                          "(bash scripts/image-builder.sh); or render the Dockerfile "
                           "only with dry_run=True (engine image build --dry-run).")
     return found
 
 
+def build_argv(tool: str, uri: str, context: Path, platform: Iterable[str] = ()) -> list[str]:
+    """The build command. RUN steps share the host's network (``--network host``): no bridge
+    or firewall rule is made for a build, and pip reaches the index the way the host does
+    (podman and buildah pass the host's proxy variables into RUN steps)."""
+    argv = {"docker": ["docker", "buildx", "build", "--load"],
+            "podman": ["podman", "build", "--network", "host"],
+            "buildah": ["buildah", "bud", "--network", "host"]}[tool]
+    platform = list(platform)
+    if platform:
+        argv += ["--platform", ",".join(platform)]
+    return argv + ["-t", uri, "-f", str(context / "Dockerfile"), str(context)]
+
+
+def _inspect_argv(tool: str, uri: str, fmt: str = "{{.Id}}") -> list[str]:
+    if tool == "buildah":
+        return ["buildah", "inspect", "--type", "image", "--format", fmt.replace(".Id", ".FromImageID"), uri]
+    return [tool, "image", "inspect", "--format", fmt, uri]
+
+
+def image_id(tool: str, uri: str) -> str | None:
+    """The image's id in ``tool``'s store, None if it has no such image."""
+    ok, out = _probe(_inspect_argv(tool, uri), timeout=60)
+    return out if ok else None
+
+
+def image_label(tool: str, uri: str, label: str) -> str | None:
+    """A label of the image in ``tool``'s store (buildah's --format has no json: its whole
+    inspect document is read instead)."""
+    if tool == "buildah":
+        ok, out = _probe(["buildah", "inspect", "--type", "image", uri], timeout=60)
+    else:
+        ok, out = _probe(_inspect_argv(tool, uri, "{{json .Labels}}"), timeout=60)
+    if not ok:
+        return None
+    try:
+        doc = json.loads(out) or {}
+    except ValueError:
+        return None
+    labels = (doc.get("OCIv1", {}).get("config", {}).get("Labels") if tool == "buildah" else doc) or {}
+    return labels.get(label)
+
+
+def remove_image(tool: str, uri: str) -> None:
+    """Remove ``uri`` from ``tool``'s store; an image already gone is not an error."""
+    argv = ["buildah", "rmi", uri] if tool == "buildah" else [tool, "image", "rm", uri]
+    ok, why = _probe(argv, timeout=120)
+    if not ok and not any(s in why.lower() for s in ("no such image", "image not known", "not found")):
+        raise RuntimeError(f"`{' '.join(argv)}` failed: {why}")
+
+
+def _failed_step(log: Path) -> str | None:
+    """The last build step the log shows started: the one that failed."""
+    steps = [line.strip() for line in log.read_text(errors="replace").splitlines() if _STEP_RE.match(line.strip())]
+    return steps[-1] if steps else None
+
+
+def _run_logged(argv: list[str], log: Path, prefix: str) -> int:
+    """Run a build, every output line to ``log`` and, as progress, to stderr (never stdout:
+    ``--json`` keeps stdout for its document)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=builder_env())
+        for line in proc.stdout:
+            out.write(line)
+            out.flush()
+            sys.stderr.write(f"{prefix}{line.decode(errors='replace').rstrip()}\n")
+            sys.stderr.flush()
+        return proc.wait()
+
+
+def _registry_of(uri: str) -> str | None:
+    """The registry host a uri names (Docker's rule: a first component with a '.' or a ':'),
+    None for a local name; podman's local prefix ``localhost/`` is no registry."""
+    first, sep, _ = uri.partition("/")
+    return first if sep and ("." in first or ":" in first) else None
+
+
+def archive_image(tool: str, uri: str, out: Path) -> Path:
+    """Write ``uri`` from ``tool``'s store as a docker-archive (what ``ctr images import`` takes)."""
+    argv = {"docker": ["docker", "save", "-o", str(out), uri],
+            "podman": ["podman", "save", "--format", "docker-archive", "-o", str(out), uri],
+            "buildah": ["buildah", "push", uri, f"docker-archive:{out}:{uri}"]}[tool]
+    ok, why = _probe(argv, timeout=600)
+    if not ok:
+        raise RuntimeError(f"`{' '.join(argv[:2])} ...` could not write {uri} to {out}: {why}")
+    return out
+
+
+def load_archive(archive: Path, uri: str, label: str | None = None, value: str | None = None) -> str:
+    """Load a docker-archive holding ``uri`` into the builder's store (the local base image),
+    unless the store has it already (with ``label`` = ``value`` when given); the copy it
+    replaces goes if nothing is built on it. Returns the builder's name."""
+    tool = require_builder()
+    old = image_id(tool, uri)
+    if old is not None and (label is None or image_label(tool, uri, label) == value):
+        return tool
+    argv = ["buildah", "pull", f"docker-archive:{archive}"] if tool == "buildah" else [tool, "load", "-i", str(archive)]
+    ok, why = _probe(argv, timeout=600)
+    if not ok:
+        raise RuntimeError(f"`{' '.join(argv)}` failed: {why}")
+    if image_id(tool, uri) is None:
+        raise RuntimeError(f"{archive} loaded, but {tool} has no image {uri}: the archive holds another name")
+    if old is not None and old != image_id(tool, uri):
+        _probe(["buildah", "rmi", old] if tool == "buildah" else [tool, "image", "rm", old], timeout=120)
+    return tool
+
+
+def local_cluster_containerd() -> Path:
+    """The containerd socket of the project's local cluster (scripts/localcluster/paths.py:
+    ``TASKRIG_K8S_NODE``, else ``TASKRIG_K8S_CACHE`` or ~/.cache/taskrig-k8s, then node/)."""
+    node = os.environ.get("TASKRIG_K8S_NODE")
+    if not node:
+        cache = os.environ.get("TASKRIG_K8S_CACHE") or \
+            str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "taskrig-k8s")
+        node = str(Path(cache) / "node")
+    return Path(node) / "containerd" / "containerd.sock"
+
+
+def cri_name(uri: str) -> str:
+    """The name the kubelet asks containerd for when a pod says ``uri``: Docker's
+    normalisation (``six:1`` is ``docker.io/library/six:1``), which podman's ``localhost/``
+    naming of the same image does not match."""
+    first, sep, _ = uri.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return uri
+    return f"docker.io/{uri}" if sep else f"docker.io/library/{uri}"
+
+
+def _archive_names(archive: Path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(archive) as tf:
+        manifest = json.load(tf.extractfile("manifest.json"))
+    return [t for m in manifest for t in m.get("RepoTags") or []]
+
+
+def _ctr(sock: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    ctr = shutil.which("ctr")
+    if ctr is None:
+        raise EngineError("the local cluster's images need `ctr` (containerd's CLI), which is not on PATH")
+    return subprocess.run([ctr, "--address", str(sock), "-n", "k8s.io", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _cluster_socket(uri: str, socket: Path | None) -> Path:
+    sock = Path(socket or local_cluster_containerd())
+    if not sock.exists():
+        raise EngineError(f"no local cluster for {uri}: no containerd socket at {sock} "
+                          f"(start one with scripts/local-cluster.sh start)")
+    return sock
+
+
+def load_into_local_cluster(uri: str, socket: Path | None = None) -> str:
+    """Put a built image into the local cluster's containerd (namespace k8s.io, where the
+    kubelet looks), so a pod naming ``uri`` with ``imagePullPolicy: Never`` (or IfNotPresent)
+    runs it without a registry: saved by the builder as a docker-archive, imported with
+    ``ctr``, tagged with the name the kubelet will ask for. Returns that name."""
+    sock = _cluster_socket(uri, socket)
+    tool = require_builder()
+    tmp = image_store() / "exports"
+    tmp.mkdir(parents=True, exist_ok=True)
+    archive = tmp / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}.docker.tar"
+    want = cri_name(uri)
+    try:
+        archive_image(tool, uri, archive)
+        names = _archive_names(archive)
+        r = _ctr(sock, "images", "import", str(archive))
+        if r.returncode != 0:
+            raise EngineError(f"`ctr -n k8s.io images import` of {uri} failed: {(r.stderr or r.stdout).strip()}")
+    finally:
+        archive.unlink(missing_ok=True)
+    if not names:
+        raise EngineError(f"{tool} wrote {uri} without a name; the cluster cannot find it by {want}")
+    if want not in names:
+        r = _ctr(sock, "images", "tag", "--force", names[0], want, timeout=60)
+        if r.returncode != 0:
+            raise EngineError(f"`ctr images tag {names[0]} {want}` failed: {(r.stderr or r.stdout).strip()}")
+    for other in set(names) - {want}:  # one name per image in the cluster: removing it removes it
+        _ctr(sock, "images", "rm", other, timeout=60)
+    return want
+
+
+def remove_from_local_cluster(uri: str, socket: Path | None = None) -> None:
+    """Remove what ``load_into_local_cluster(uri)`` imported; an image not there is no error
+    (containerd keeps the layers of images other images still use)."""
+    sock = _cluster_socket(uri, socket)
+    r = _ctr(sock, "images", "rm", cri_name(uri), timeout=120)
+    if r.returncode != 0 and "not found" not in (r.stderr + r.stdout).lower():
+        raise EngineError(f"`ctr -n k8s.io images rm {cri_name(uri)}` failed: {(r.stderr or r.stdout).strip()}")
+
+
 class LocalImage(Provider):
-    """``image:index:Image``: an image in the local builder's store, named by its uri."""
+    """``image:index:Image``: an image in the local builder's store, named by its uri (and
+    pushed to its registry when the uri names one)."""
 
     type_token = TYPE_TOKEN
     replace_keys = ("*",)  # any change is a new tag: a new image, never an edit of the old one
@@ -394,49 +622,49 @@ class LocalImage(Provider):
     def create(self, urn: str, inputs: dict, idempotency_key: str) -> tuple[str, dict]:
         tool = require_builder()
         uri = inputs["uri"]
+        self._runtime().mkdir(parents=True, exist_ok=True)
         ctx = self._runtime() / f"{inputs['tag']}.context"
         log = self._runtime() / f"{inputs['tag']}.log"
         shutil.rmtree(ctx, ignore_errors=True)
+        t0 = time.monotonic()
         try:
             render_context(inputs, ctx)
-            argv = [tool, "buildx", "build", "--load"] if tool == "docker" else [tool, "build"]
-            if inputs["platform"]:
-                argv += ["--platform", ",".join(inputs["platform"])]
-            argv += ["-t", uri, "-f", str(ctx / "Dockerfile"), str(ctx)]
-            t0 = time.monotonic()
-            with open(log, "wb") as out:
-                code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+            argv = build_argv(tool, uri, ctx, inputs["platform"])
+            code = _run_logged(argv, log, f"[{tool} build {uri.rsplit('/', 1)[-1]}] ")
             if code != 0:
+                step = _failed_step(log)
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-                raise RuntimeError(f"`{' '.join(argv[:3])} ...` exited {code}; the build log ({log}) ends:\n{tail}")
+                raise RuntimeError(f"`{' '.join(argv[:2])}` of {uri} failed"
+                                   + (f" at {step}" if step else " before its first step")
+                                   + f" (exit code {code}); the build log ({log}) ends:\n{tail}")
         finally:
             shutil.rmtree(ctx, ignore_errors=True)
-        image_id = self._inspect(tool, uri)
-        if image_id is None:
+        built = image_id(tool, uri)
+        if built is None:
             raise RuntimeError(f"{tool} reported success but has no image {uri}")
-        return uri, {"uri": uri, "image_id": image_id, "builder": tool, "build_seconds": round(time.monotonic() - t0, 1)}
-
-    @staticmethod
-    def _inspect(tool: str, uri: str) -> str | None:
-        ok, out = _probe([tool, "image", "inspect", "--format", "{{.Id}}", uri], timeout=60)
-        return out if ok else None
+        outputs = {"uri": uri, "image_id": built, "builder": tool, "build_seconds": round(time.monotonic() - t0, 1)}
+        registry = _registry_of(uri)
+        if registry:
+            ok, why = _probe([tool, "push", uri], timeout=1800)
+            if not ok:
+                raise RuntimeError(f"built {uri}, but `{tool} push {uri}` to {registry} failed: {why}")
+            outputs["pushed_to"] = registry
+        return uri, outputs
 
     def read(self, id: str, inputs: dict, outputs: dict | None):
         tool, _ = find_builder()
         if tool is None:
             return outputs  # no builder to ask; unknown is not gone
-        image_id = self._inspect(tool, inputs["uri"])
-        if image_id is None:
+        found = image_id(tool, inputs["uri"])
+        if found is None:
             return None
-        return {**(outputs or {}), "uri": inputs["uri"], "image_id": image_id, "builder": tool}
+        return {**(outputs or {}), "uri": inputs["uri"], "image_id": found, "builder": tool}
 
     def delete(self, id: str, inputs: dict, outputs: dict | None) -> None:
         tool, _ = find_builder()
         if tool is None:
             return  # nothing here can hold it any more; the record goes
-        ok, why = _probe([tool, "image", "rm", inputs["uri"]], timeout=120)
-        if not ok and "no such image" not in why.lower() and "image not known" not in why.lower():
-            raise RuntimeError(f"`{tool} image rm {inputs['uri']}` failed: {why}")
+        remove_image(tool, inputs["uri"])
 
 
 ProviderRegistry.register(LocalImage)

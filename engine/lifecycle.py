@@ -21,11 +21,12 @@ from typing import Any, NamedTuple
 
 from . import context, runenv
 from .apply import Applier
-from .errors import ConfigError, EngineError
-from .lock import StackLock
+from .errors import ConfigError, EngineError, HostLocal
+from .lock import PgStackLock, StackLock
+from .pgstate import PgTarget
 from .plan import Plan, deletion_plan, plan as make_plan
 from .plugin import Attachment, DeclareContext
-from .recover import expired, recover_stack
+from .recover import expired, foreign_host, foreign_records, recover_stack
 from .registry import ProviderRegistry, TaskPluginRegistry
 from .report import Reporter
 from .sdk import Secret
@@ -33,7 +34,7 @@ from .secrets import (error_text, register, remove_secret_files, resolve_secret,
                       write_secret_files)
 from .resource import Declaration, Diff, ProviderContext, Read, Record
 from .snapshot import SnapshotManager
-from .state import State, default_path
+from .state import State, locate, runtime_dir
 
 
 def new_run_id() -> str:
@@ -75,7 +76,8 @@ class Session:
 
     def __init__(self, state: str | os.PathLike | None = None, backend: str | None = None,
                  lock_timeout: float = 0.0, reporter: Reporter | None = None, parallelism: int = 8):
-        self.state_path = Path(state) if state else default_path()
+        # A file path, or a PostgreSQL target (engine.pgstate.PgTarget) for a postgresql:// URL.
+        self.state_path = locate(state)
         self.backend = backend
         if backend is not None and backend not in ("local", "kubernetes"):
             raise ConfigError(f"unknown backend {backend!r} (local, kubernetes)", "backend")
@@ -86,6 +88,9 @@ class Session:
         # The state each locked stack is being run with, shared by the runs nested in it
         # (thousands of connector calls of one run need no connection each).
         self._open: dict[str, State] = {}
+        import threading
+
+        self._tls = threading.local()
 
     # ------------------------------------------------------------------ plumbing
     def provider(self, token: str):
@@ -95,15 +100,33 @@ class Session:
             if cls is None:
                 raise ConfigError(f"no provider is registered for the resource type {token!r} "
                                   f"(is the extra that provides it installed?)", "type")
-            runtime = self.state_path.resolve().parent / "runtime"
+            runtime = runtime_dir(self.state_path)
             p = self._providers[token] = cls(ProviderContext(str(self.state_path), str(runtime)))
         return p
 
     def open_state(self) -> State:
-        return State.shared(self.state_path)
+        state = State.shared(self.state_path)
+        if state.pg is not None:  # the operation's own session: the next lock() of this thread takes it there
+            self._tls.state = state
+        return state
 
-    def lock(self, stack: str, operation: str) -> StackLock:
+    def lock(self, stack: str, operation: str, state: State | None = None):
+        """The stack's lock. For a PostgreSQL state an advisory lock on the session of ``state``
+        (default: the state this thread opened last), so the lock and the writes share a session."""
+        if isinstance(self.state_path, PgTarget):
+            state = state or getattr(self._tls, "state", None)
+            if state is None or state.pg is None or state._broken or state.conn.closed:
+                state = self.open_state()
+            return PgStackLock(state, stack, operation).acquire(self.lock_timeout, self.reporter.lock_wait)
         return StackLock(self.state_path, stack, operation).acquire(self.lock_timeout, self.reporter.lock_wait)
+
+    def _foreign(self, state: State, rec: Record) -> str | None:
+        return foreign_host(state, rec.type, rec.host, self.provider)
+
+    def _refuse_foreign(self, state: State, stack: str, records) -> None:
+        theirs = [r for r in records if r is not None and self._foreign(state, r)]
+        if theirs:
+            raise HostLocal(stack, [(r.urn, r.type, r.id, r.host) for r in theirs])
 
     def _applier(self, state: State, stack: str, run_id: str, reason: str | None = None) -> Applier:
         return Applier(state, self.provider, stack, run_id, self.parallelism, on_start=self.reporter.step_start,
@@ -113,7 +136,7 @@ class Session:
         crashed = recover_stack(state, stack, self.provider, self.reporter.message, self.reporter.step_start,
                                 self.reporter.step_done)
         remove_secret_files(crashed)
-        gone = expired(state, stack)
+        gone = expired(state, stack, providers=self.provider)
         if gone:
             self._reap(state, stack, gone)
 
@@ -136,7 +159,7 @@ class Session:
         reusable = env.reusable is not None
         dctx = DeclareContext(stack or env.name, run_id, backend, env, reusable=reusable,
                               idle_ttl=env.reusable.ttl_seconds if reusable else None, task_name=task.name,
-                              inputs=inputs)
+                              inputs=inputs, task=task)
         plugins, decls = [], []
         configs = task.plugin_configs
         for i, cfg in enumerate(configs):
@@ -166,6 +189,9 @@ class Session:
         current = []
         for r in recorded:
             p = self.provider(r.type)
+            if self._foreign(state, r):  # another host's local processes: not readable from here
+                current.append(r)
+                continue
             if refresh or (r.urn in wanted and p.refresh_on_up and not r.ephemeral):
                 r = self._refresh_one(state, r, write=refresh)
                 if r is None:
@@ -224,7 +250,7 @@ class Session:
         stack = prep.dctx.stack
         state = self.open_state()
         try:
-            with self.lock(stack, f"up {task.name}"):
+            with self.lock(stack, f"up {task.name}", state):
                 self.recover(state, stack)
                 self._open[stack] = state
                 try:
@@ -278,6 +304,7 @@ class Session:
                 for cfg, plugin in prep.plugins:
                     around.enter_context(plugin.running(cfg, prep.dctx))
                 plan = self._plan(state, stack, prep.decls, run_id, prune=not prep.nested)
+                self._refuse_foreign(state, stack, [s.old for s in plan.steps])
                 self.reporter.plan(plan, "up")
                 results = self._applier(state, stack, run_id).apply(plan)
                 state.update_run(run_id, status="running")
@@ -338,7 +365,11 @@ class Session:
                 for a in attachments:
                     for cm in a.contexts:
                         stack.enter_context(cm())
-                call = lambda: task.call_body(prep.inputs)  # noqa: E731
+                remote = [a.remote for a in attachments if a.remote is not None]
+                if len(remote) > 1:
+                    raise ConfigError(f"{len(remote)} plugins of {task.name} each run its body elsewhere: "
+                                      f"only one may", "plugin_config")
+                call = remote[0] if remote else (lambda: task.call_body(prep.inputs))  # noqa: E731
                 for cfg, plugin in reversed(prep.plugins):
                     call = (lambda c=call, p=plugin, g=cfg: p.execute(g, c, dctx))
                 return call()
@@ -398,12 +429,13 @@ class Session:
         project, decls = self.program_declarations(target, stack)
         state = self.open_state()
         try:
-            with self.lock(project.name, f"up {target}"):
+            with self.lock(project.name, f"up {target}", state):
                 self.recover(state, project.name)
                 run_id = new_run_id()
                 state.start_run(run_id, project.name, f"program {project.program}", kind="program")
                 try:
                     plan = self._plan(state, project.name, decls, run_id)
+                    self._refuse_foreign(state, project.name, [s.old for s in plan.steps])
                     self.reporter.plan(plan, "up")
                     self._applier(state, project.name, run_id).apply(plan)
                 except BaseException as e:
@@ -417,9 +449,11 @@ class Session:
     def destroy(self, stack: str) -> Plan:
         state = self.open_state()
         try:
-            with self.lock(stack, "destroy"):
+            with self.lock(stack, "destroy", state):
                 self.recover(state, stack)
-                plan = deletion_plan(stack, state.resources(stack) + state.pending_deletes(stack))
+                records, theirs = foreign_records(state, state.resources(stack) + state.pending_deletes(stack),
+                                                  self.provider)
+                plan = deletion_plan(stack, records)
                 self.reporter.plan(plan, "destroy")
                 if plan.steps:
                     run_id = new_run_id()
@@ -430,6 +464,8 @@ class Session:
                         state.update_run(run_id, status="failed", finished=time.time(), error=error_text(e))
                         raise
                     state.update_run(run_id, status="succeeded", finished=time.time())
+                if theirs:  # deleted what this host can reach; the rest is another host's
+                    self._refuse_foreign(state, stack, theirs)
                 return plan
         finally:
             state.close()
@@ -437,10 +473,14 @@ class Session:
     def refresh(self, stack: str) -> list[Record]:
         state = self.open_state()
         try:
-            with self.lock(stack, "refresh"):
+            with self.lock(stack, "refresh", state):
                 self.recover(state, stack)
                 out = []
                 for r in state.resources(stack) + state.pending_deletes(stack):
+                    if self._foreign(state, r):
+                        self.reporter.message(f"{r.urn} ({r.id}) is a local process of host {r.host}: not read from here")
+                        out.append(r)
+                        continue
                     r2 = self._refresh_one(state, r, write=True)
                     if r2 is not None:
                         out.append(r2)
@@ -449,12 +489,21 @@ class Session:
             state.close()
 
 
-def spawn_reaper(state_path: Path, stack: str) -> None:
-    """A detached process that destroys the stack's reusable resources once idle past their TTL."""
+def spawn_reaper(state_path, stack: str) -> None:
+    """A detached process that destroys the stack's reusable resources once idle past their TTL.
+    For a PostgreSQL state its arguments carry the URL without the password (a command line is
+    public) and the runtime folder; the password goes in its environment, as PGPASSWORD."""
+    env = None
+    if isinstance(state_path, PgTarget):
+        args = [state_path.public, stack, str(state_path.runtime_dir)]
+        if state_path.password:
+            env = {**os.environ, "PGPASSWORD": state_path.password}
+    else:
+        args = [str(Path(state_path).resolve()), stack]
     subprocess.Popen(
-        [sys.executable, "-m", "engine.reaper", str(Path(state_path).resolve()), stack],
+        [sys.executable, "-m", "engine.reaper", *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True, cwd=os.getcwd(),
+        start_new_session=True, close_fds=True, cwd=os.getcwd(), env=env,
     )
 
 

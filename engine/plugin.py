@@ -27,6 +27,8 @@ class DeclareContext:
     task_name: str = ""
     # The run's inputs, for plugins whose resource is made from them (a connector's job).
     inputs: dict[str, Any] = field(default_factory=dict)
+    # The Task itself, for plugins that ship its body to run elsewhere (its module, its source).
+    task: Any = None
 
     def declaration(self, type_token: str, name: str, inputs: dict, deps: list[str] | None = None,
                     options: Options | None = None, **kw) -> Declaration:
@@ -42,11 +44,16 @@ class DeclareContext:
 @dataclass
 class Attachment:
     """What the task sees: environment variables, ``engine.ctx().data`` entries, and context
-    managers entered around the body (a client configuration, a session to stop after)."""
+    managers entered around the body (a client configuration, a session to stop after).
+
+    ``remote``: the body runs elsewhere (a pod the plugin declared); calling it waits for that
+    body, shows its output as it comes, and returns its result or raises its error. The engine
+    then calls it instead of the body."""
 
     env_vars: dict[str, str] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     contexts: list[Callable[[], ContextManager]] = field(default_factory=list)
+    remote: Callable[[], Any] | None = None
 
 
 class TaskPlugin:

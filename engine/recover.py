@@ -14,6 +14,11 @@ live run holds the lock for its whole life). In order:
    lost row), is an orphan and is deleted. Once per dead run, so a stack whose cluster is long
    gone does not pay for the question on every command;
 4. reusable resources past their idle TTL go (the caller, ``Session.recover``).
+
+With a shared (PostgreSQL) state, whoever takes the lock recovers what any machine can reach
+(Kubernetes objects, connector jobs); what a host-local provider made (``Provider.host_local``:
+local processes) belongs to the host that recorded it. Another host reports it, naming that
+host, and leaves it, and the dead run stays active until that host's next command recovers it.
 """
 
 from __future__ import annotations
@@ -25,16 +30,43 @@ from .errors import NotFound
 from .plan import Plan, Step, deletion_plan
 from .resource import Provider, Record
 from .snapshot import SnapshotManager
-from .state import State
+from .state import State, this_host
 from .steps import RECOVERY, RecoveryContext
 
 ACTIVE = ("provisioning", "running", "tearing_down")
 
 
+def foreign_host(state: State, type_: str, host: str | None, providers) -> str | None:
+    """The other host that owns a row of ``type_`` recorded by ``host``, or None when this
+    engine may act on it: a file state (one machine), an unknown recorder, this host, or a
+    provider whose things any machine reaches."""
+    if state.pg is None or not host or host == this_host():
+        return None
+    try:
+        provider = providers(type_)
+    except Exception:  # noqa: BLE001 - an uninstalled provider: nothing to decide here
+        return None
+    return host if getattr(provider, "host_local", False) else None
+
+
+def foreign_records(state: State, records, providers) -> tuple[list[Record], list[Record]]:
+    """``records`` split into (this engine's to act on, another host's local things)."""
+    mine, theirs = [], []
+    for r in records:
+        (theirs if foreign_host(state, r.type, r.host, providers) else mine).append(r)
+    return mine, theirs
+
+
 def settle_intents(state: State, stack: str, providers, report=lambda msg: None) -> int:
-    """Settle every open intent of ``stack`` (all of them are dead runs'); returns how many."""
+    """Settle every open intent of ``stack`` (all of them are dead runs'); returns how many.
+    Another host's intents of local processes are left open for that host."""
     rows = state.open_intents(stack)
     for row in rows:
+        host = foreign_host(state, row["type"], row.get("host"), providers)
+        if host:
+            report(f"intent {row['seq']} ({row['op']} {row['urn']}) of run {row['run_id']} was recorded on host {host}: "
+                   f"local processes there; left for {host}'s next command on {stack}")
+            continue
         rctx = RecoveryContext(state, stack, providers, SnapshotManager(state, stack, row["run_id"], "recovery"), report)
         RECOVERY.get(row["op"], RECOVERY["options"])(rctx, row)
     return len(rows)
@@ -43,9 +75,11 @@ def settle_intents(state: State, stack: str, providers, report=lambda msg: None)
 def finish_pending_deletes(state: State, stack: str, providers, report=lambda msg: None,
                            on_start=None, on_done=None) -> int:
     """Delete the old copies that replaced resources left; returns how many remain."""
-    pending = state.pending_deletes(stack)
+    pending, theirs = foreign_records(state, state.pending_deletes(stack), providers)
+    for rec in theirs:
+        report(f"{rec.urn} ({rec.id}), pending deletion, is a local process of host {rec.host}: left for that host")
     if not pending:
-        return 0
+        return len(theirs)
     report(f"{len(pending)} replaced resource(s) of {stack} still pending deletion: deleting")
     for rec in pending:
         step = Step("delete", rec.urn, rec.type, old=rec, reason="replace")
@@ -106,7 +140,7 @@ def tidy(state: State, stack: str, providers, report=lambda msg: None) -> None:
         if type(provider).tidy is Provider.tidy:
             continue  # most providers have nothing to tidy: no need to load the stack's rows
         if records is None:
-            records = state.resources(stack) + state.pending_deletes(stack)
+            records, _ = foreign_records(state, state.resources(stack) + state.pending_deletes(stack), providers)
         try:
             for msg in provider.tidy(stack, [r for r in records if r.type == type_]) or ():
                 report(msg)
@@ -121,6 +155,8 @@ def recover_stack(state: State, stack: str, providers, report=lambda msg: None, 
     crashed = []
     for run in state.runs(stack, status=ACTIVE):
         leftovers = [r for r in state.resources(stack) if r.ephemeral and r.run_id == run["run_id"]]
+        leftovers, theirs = foreign_records(state, leftovers, providers)
+        theirs_open = [row for row in state.open_intents(stack) if row["run_id"] == run["run_id"]]
         if run["status"] != "tearing_down":
             # An external job of a run that died before its end is not ours to cancel: the next
             # run that asks for the same job resumes polling it (plan adopts it); ``destroy``
@@ -134,6 +170,14 @@ def recover_stack(state: State, stack: str, providers, report=lambda msg: None, 
             report(f"run {run['run_id']} died during {run['status']}; tearing down {len(leftovers)} resource(s) it left")
             Applier(state, providers, stack, run["run_id"], reason=f"recovery of crashed run {run['run_id']}",
                     on_start=on_start, on_done=on_done).apply(deletion_plan(stack, leftovers))
+        if theirs or theirs_open:
+            # Still holding things only their host can reach: the run stays active (dead), so
+            # that host's next command on the stack finds it and finishes the recovery.
+            hosts = sorted({r.host for r in theirs} | {row["host"] for row in theirs_open})
+            report(f"run {run['run_id']} of host {', '.join(hosts)} died during {run['status']}; "
+                   f"{len(theirs) + len(theirs_open)} local resource(s) or intent(s) of it live on {', '.join(hosts)}: "
+                   f"left for that host's next command on {stack}")
+            continue
         sweep_orphans(state, stack, run["run_id"], providers, report)
         state.update_run(run["run_id"], status="crashed", finished=time.time(),
                          error=f"engine process {run['pid']} on {run['host']} died during {run['status']}")
@@ -142,5 +186,8 @@ def recover_stack(state: State, stack: str, providers, report=lambda msg: None, 
     return crashed
 
 
-def expired(state: State, stack: str, now: float | None = None) -> list[Record]:
-    return state.expired(stack, now or time.time())
+def expired(state: State, stack: str, now: float | None = None, providers=None) -> list[Record]:
+    """Reusable resources past their idle TTL that this engine may reap (with ``providers``:
+    another host's local processes are that host's reaper's)."""
+    gone = state.expired(stack, now or time.time())
+    return foreign_records(state, gone, providers)[0] if providers is not None else gone

@@ -120,6 +120,8 @@ class Record:
     created: float | None = None
     # The old copy of a create-before-delete replacement: still exists, to be deleted.
     pending_delete: bool = False
+    # The machine that recorded it (schema 3); None for rows whose writer is unknown.
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,9 @@ class Provider:
     """
 
     type_token: str = ""
+    # True: what it makes exists on the machine that made it (local processes), so only that
+    # host can read, recover or delete it; with a shared state other hosts leave it alone.
+    host_local: bool = False
     # Property paths (Pulumi syntax or tuples) whose change forces a replacement; ``*``: any.
     replace_keys: tuple[str | Path, ...] = ()
     refresh_on_up: bool = False

@@ -10,7 +10,9 @@ def transform(x):
     return x * x
 
 
-image = "python:3.11-slim"  # ignored by the local backend; used by the kubernetes one
+# Ignored by the local backend. On the kubernetes one, None is the engine's default task image
+# (ENGINE_K8S_IMAGE; the local cluster's is in its env file), where the body and workers run.
+image = None
 
 # ---- the seed's example, verbatim but for its imports ----
 from providers.dask import Dask, WorkerGroup

@@ -55,6 +55,20 @@ class Engine:
         self.env = {**os.environ, "ENGINE_STATE": str(self.state), "PYTHONUNBUFFERED": "1"}
         self.env.pop("TASKRIG_FAULT_PAUSE", None)
         self.spawned: list[subprocess.Popen] = []
+        self.pg: dict | None = None  # the server, when the state is a PostgreSQL URL (pg_fixture.state_url)
+
+    def use_state(self, url: str, server: dict) -> None:
+        self.env["ENGINE_STATE"] = url
+        self.pg = {**server, "schema": url.rsplit("schema=", 1)[1]}
+
+    def _pg_rows(self, sql: str) -> list[tuple]:
+        from pg_fixture import pg_connect
+
+        with pg_connect(self.pg) as conn:
+            conn.execute(f'set search_path to "{self.pg["schema"]}"')
+            present = conn.execute("select 1 from pg_tables where schemaname = %s and tablename = 'meta'",
+                                   [self.pg["schema"]]).fetchone()
+            return conn.execute(sql).fetchall() if present else []
 
     def __call__(self, *args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=self.cwd, capture_output=True,
@@ -82,6 +96,9 @@ class Engine:
     def journal_open(self, op: str | None = None) -> list[dict]:
         import sqlite3
 
+        if self.pg is not None:
+            rows = self._pg_rows("select op, urn, name from journal where status='open'")
+            return [r for r in rows if op is None or r[0] == op]
         if not self.state.exists():
             return []
         conn = sqlite3.connect(f"file:{self.state}?mode=ro", uri=True, timeout=5)
@@ -96,6 +113,8 @@ class Engine:
     def run_status(self) -> list[str]:
         import sqlite3
 
+        if self.pg is not None:
+            return [r[0] for r in self._pg_rows("select status from runs order by started")]
         if not self.state.exists():
             return []
         conn = sqlite3.connect(f"file:{self.state}?mode=ro", uri=True, timeout=5)
@@ -163,3 +182,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The real kube-apiserver fixtures live in k8s_fixture.py; imported here once, so every test
 # module shares one server per session.
 from k8s_fixture import k8s, k8s_api, kengine  # noqa: E402,F401
+from pg_fixture import pg_state, postgres, state_url  # noqa: E402,F401

@@ -39,12 +39,14 @@ class K8s:
     local: bool = False  # the project's own node (guard, DNS and images of scripts/local-cluster.sh)
     task_image: str | None = None  # an image with the host's Python and the engine (TASKRIG_TASK_IMAGE)
     task_image_alias: str | None = None  # the same image by another name (TASKRIG_TASK_IMAGE_ALIAS)
+    data_url: str | None = None  # where bodies in pods get code and inputs (ENGINE_DATA_URL)
 
     @property
     def env(self) -> dict[str, str]:
         image = {"ENGINE_K8S_IMAGE": self.task_image, "K8S_T_IMAGE": self.task_image} if self.task_image else {}
+        data = {"ENGINE_DATA_URL": self.data_url} if self.data_url else {}
         return {"KUBECONFIG": self.kubeconfig, "ENGINE_K8S_READY_TIMEOUT": "60", "ENGINE_K8S_DELETE_TIMEOUT": "120",
-                **image}
+                **image, **data}
 
     def cluster(self):
         from providers.kubernetes.client import cluster
@@ -76,7 +78,8 @@ def k8s_api():
     given = os.environ.get("TASKRIG_K8S_KUBECONFIG")
     if given:
         yield K8s(given, _server(given), task_image=os.environ.get("TASKRIG_TASK_IMAGE"),
-                  task_image_alias=os.environ.get("TASKRIG_TASK_IMAGE_ALIAS"))
+                  task_image_alias=os.environ.get("TASKRIG_TASK_IMAGE_ALIAS"),
+                  data_url=os.environ.get("ENGINE_DATA_URL"))
         return
     if os.geteuid() != 0 or not Path("/usr/bin/dpkg").exists():
         _unavailable("the local cluster needs root on Debian (or set TASKRIG_K8S_KUBECONFIG): "
@@ -101,7 +104,7 @@ def k8s_api():
 def _local(kubeconfig: str) -> K8s:
     env = dict(line.split("=", 1) for line in (Path(kubeconfig).parent / "env").read_text().splitlines() if "=" in line)
     return K8s(kubeconfig, _server(kubeconfig), local=True, task_image=env.get("TASKRIG_TASK_IMAGE"),
-               task_image_alias=env.get("TASKRIG_TASK_IMAGE_ALIAS"))
+               task_image_alias=env.get("TASKRIG_TASK_IMAGE_ALIAS"), data_url=env.get("ENGINE_DATA_URL"))
 
 
 def host_snapshot() -> dict:

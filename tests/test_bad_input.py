@@ -9,10 +9,25 @@ import pytest
 from conftest import TASKS
 
 
+def _pg_digest(engine):
+    """Every row of every table of the test's PostgreSQL schema, in order."""
+    from pg_fixture import pg_connect
+
+    with pg_connect(engine.pg) as conn:
+        tables = [r[0] for r in conn.execute("select tablename from pg_tables where schemaname = %s order by 1",
+                                             [engine.pg["schema"]])]
+        dump = {t: conn.execute(f'select * from "{engine.pg["schema"]}"."{t}" order by 1').fetchall() for t in tables}
+    return hashlib.sha256(repr(dump).encode()).hexdigest()
+
+
 @pytest.fixture
 def populated(engine):
+    """A state with one run; returns its digest function (a test that takes ``state_url`` before
+    this fixture gets the PostgreSQL schema's)."""
     r = engine("up", f"{TASKS}/plain.py:add", "-i", "a=1")
     assert r.returncode == 0, r.stderr
+    if engine.pg is not None:
+        return lambda: _pg_digest(engine)
     digest = lambda: hashlib.sha256(engine.state.read_bytes()).hexdigest()  # noqa: E731
     # Checkpoint the WAL into the main file so "byte-identical" covers everything written.
     conn = sqlite3.connect(engine.state)
@@ -44,8 +59,10 @@ def test_bad_target_or_config(engine, populated, target, needles):
     assert populated() == before
 
 
-def test_bad_input_value(engine, populated):
+def test_bad_input_value(engine, state_url, populated):
     before = populated()
+    if state_url:  # a bad plugin config too, on the PostgreSQL state
+        _one_line_error(engine("up", f"{TASKS}/bad_config.py:t"), "workers.number_of_workers")
     _one_line_error(engine("up", f"{TASKS}/plain.py:add", "-i", "a=1", "-i", "zzz=1"), "unexpected keyword argument 'zzz'")
     _one_line_error(engine("up", f"{TASKS}/plain.py:add"), "missing a required argument: 'a'")
     _one_line_error(engine("up", f"{TASKS}/plain.py:add", "-i", "novalue"), "is not NAME=VALUE")

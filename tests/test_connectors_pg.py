@@ -1,38 +1,17 @@
 """The PostgreSQL query connector against a real server (Debian's postgresql, started by
-scripts/postgres.sh on 127.0.0.1 for this session and stopped at its end): a quick query, a
+scripts/postgres.sh on 127.0.0.1 for this session and stopped at its end: tests/pg_fixture.py): a quick query, a
 row count, a failing query, and a pg_sleep cancelled by Ctrl-C of the run and by destroy."""
 
 import asyncio
 import os
-import secrets
-import shutil
 import signal
-import subprocess
-import tempfile
 
 import pytest
 
-from conftest import ROOT, TASKS
-from tasks.connector_support import free_port, job_recorded, wait_for
+from conftest import TASKS
+from tasks.connector_support import job_recorded, wait_for
 
 PG = f"{TASKS}/connector_pg.py"
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    folder = tempfile.mkdtemp(prefix="taskrig-pg-")
-    port, password = free_port(), "pw-" + secrets.token_hex(8)
-    env = {**os.environ, "TASKRIG_PG_PASSWORD": password}
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "start", folder, str(port)], env=env,
-                       capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.fail(f"scripts/postgres.sh could not start PostgreSQL:\n{r.stderr[-3000:]}")
-    try:
-        yield {"port": port, "password": password}
-    finally:
-        subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", folder], capture_output=True, timeout=120)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from providers.local.process import find_tagged
 pytestmark = pytest.mark.slow
 
 
-def test_seed_example_runs_with_four_workers_and_leaves_nothing(engine, tmp_path):
+def test_seed_example_runs_with_four_workers_and_leaves_nothing(engine, tmp_path, state_url):
+    """On both state backends (``state_url``: SQLite, PostgreSQL)."""
     r = engine("up", f"{EXAMPLES}/dask_example.py:process_data", "-i", "data=[1,2,3,4,5,6,7,8]", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)

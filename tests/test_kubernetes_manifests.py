@@ -33,11 +33,30 @@ def _errors(manifest: dict) -> list:
     return schema.errors(manifest, cls.group, cls.version, cls.kind, cls.plural)
 
 
+# Where a body that runs in a pod gets its code and inputs, and the image it runs from.
+BODY_ENV = {"ENGINE_DATA_URL": "s3://taskrig-runs/ci", "ENGINE_K8S_IMAGE": "registry.example/taskrig-task:1"}
+
+
 @pytest.mark.parametrize("target,kind,name", PREVIEWS, ids=[k for _, k, _ in PREVIEWS])
 def test_preview_lists_the_custom_resource(engine, target, kind, name):
-    r = engine("preview", target, "--backend", "kubernetes", "--json")
+    r = engine("preview", target, "--backend", "kubernetes", "--json", env=BODY_ENV)
     assert r.returncode == 0, r.stderr
-    (step,) = json.loads(r.stdout)["steps"]
+    steps = json.loads(r.stdout)["steps"]
+    (step,) = [s for s in steps if s["type"].endswith(f":{kind}")]
+    if kind == "DaskCluster":  # the body runs in a pod of its own beside the cluster
+        by_name = {s["urn"].rsplit("::", 1)[1]: s for s in steps}
+        assert sorted(by_name) == ["bundle", "cluster", "inputs", "runner"]
+        run = by_name["inputs"]["inputs"]["owns"]
+        assert run.startswith("s3://taskrig-runs/ci/dask_env/r")
+        assert by_name["bundle"]["inputs"]["url"] == f"{run}/bundle.tar.gz"
+        assert "content" not in by_name["bundle"]["inputs"], "the code is not in the plan or the state"
+        pod = by_name["runner"]["inputs"]
+        (c,) = pod["spec"]["containers"]
+        assert c["image"] == BODY_ENV["ENGINE_K8S_IMAGE"] and pod["spec"]["restartPolicy"] == "Never"
+        assert c["command"][:5] == ["python3", "-m", "engine.runner", "--run", run]
+        address = f"tcp://{step['inputs']['metadata']['name']}-scheduler.default.svc.cluster.local:8786"
+        assert {"name": "DASK_SCHEDULER_ADDRESS", "value": address} in c["env"]
+        assert pod["metadata"]["labels"]["taskrig/run-id"] == step["inputs"]["metadata"]["labels"]["taskrig/run-id"]
     cls = provider_for(kind)
     assert step["op"] == "create" and step["type"] == f"kubernetes:{cls.group}/{cls.version}:{kind}"
     assert step["urn"].endswith(f"::{name}")
@@ -48,6 +67,18 @@ def test_preview_lists_the_custom_resource(engine, target, kind, name):
     assert m["metadata"]["namespace"] == "default"
     assert len(m["metadata"]["name"]) <= 63 and m["metadata"]["name"] == dns_name(m["metadata"]["name"])
     assert not engine.state.exists(), "a preview writes no state"
+
+
+def test_a_body_in_a_pod_needs_a_data_location_and_an_image(engine):
+    """Both named before anything is touched: where the pods get the code, what they run."""
+    target = f"{EXAMPLES}/dask_example.py:process_data"
+    r = engine("preview", target, "--backend", "kubernetes", env={"ENGINE_K8S_IMAGE": "i:1"})
+    assert r.returncode == 2 and "ENGINE_DATA_URL" in r.stderr and "s3://" in r.stderr
+    r = engine("preview", target, "--backend", "kubernetes", env={"ENGINE_DATA_URL": "file:///srv/runs"})
+    assert r.returncode == 2 and "ENGINE_K8S_IMAGE" in r.stderr and "image" in r.stderr
+    r = engine("preview", target, "--backend", "kubernetes", env={**BODY_ENV, "ENGINE_DATA_URL": "runs"})
+    assert r.returncode == 2 and "is not a URL" in r.stderr
+    assert not engine.state.exists()
 
 
 def test_manifests_carry_config_images_resources_and_ttl(engine):

@@ -280,7 +280,11 @@ def _dump_rows(path: Path) -> dict:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
-        out = {t: sorted(map(repr, conn.execute(f"select * from {t}"))) for t in ("runs", "resources", "journal")}
+        out = {}
+        for t in ("runs", "resources", "journal"):
+            # Schema 3 adds ``host`` to resources and journal (runs always had it): compared apart.
+            cols = [r[1] for r in conn.execute(f"pragma table_info({t})") if t == "runs" or r[1] != "host"]
+            out[t] = sorted(map(repr, conn.execute(f"select {', '.join(cols)} from {t}")))
         out["version"] = conn.execute("select value from meta where key='schema_version'").fetchone()[0]
         out["tables"] = tables
         return out
@@ -295,8 +299,14 @@ def test_schema_1_file_migrates_and_plans_same(tmp_path, store):
     st = State(path)
     st.close()
     after = _dump_rows(path)
-    assert after["version"] == "2"
+    assert after["version"] == "3"
     assert "pending_deletes" in after["tables"]
+    conn = sqlite3.connect(path)
+    # The host of a row an older engine wrote is its run's host (a reusable row's run is unknown).
+    missing = conn.execute("select count(*) from journal j join runs r on r.run_id = j.run_id "
+                           "where j.host is not r.host").fetchone()[0]
+    conn.close()
+    assert missing == 0
     assert {k: after[k] for k in ("runs", "resources", "journal")} == {k: before[k] for k in ("runs", "resources", "journal")}
     # What the old engine recorded is what the same declaration asks for: nothing to do.
     spec = [{"name": "a", "inputs": {"size": 2, "labels": {"app.kubernetes.io/name": "a"}},
@@ -331,4 +341,4 @@ def test_interrupted_migration_leaves_version_1_intact(tmp_path):
     conn.execute("drop trigger stop_migration")
     conn.close()
     State(path).close()
-    assert _dump_rows(path)["version"] == "2"
+    assert _dump_rows(path)["version"] == "3"

@@ -21,11 +21,16 @@ DASHBOARD_PORT = 8787
 NAME_MAX = 63 - len("-scheduler")
 
 
+# A scheduler or worker that has not exited this long after SIGTERM is killed: the cluster's
+# results are the body's, already returned, and Kubernetes' default 30 s made every delete wait.
+GRACE_SECONDS = 5
+
+
 def _pod(container: dict, res) -> dict:
     volumes, mounts = shm_volume(res)
     if mounts:
         container["volumeMounts"] = mounts
-    return {"containers": [container], "volumes": volumes}
+    return {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": GRACE_SECONDS}
 
 
 def dask_cluster(config: Dask, t: Target) -> dict:

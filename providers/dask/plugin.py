@@ -17,8 +17,7 @@ def _resources(r) -> dict:
 class DaskPlugin(TaskPlugin):
     def declare(self, config: Dask, ctx: DeclareContext):
         if ctx.backend == "kubernetes":
-            # A Dask Operator DaskCluster; its outputs carry the in-cluster scheduler_address,
-            # so attach is the same on both backends.
+            # A Dask Operator DaskCluster and the body's pod beside it.
             from providers.kubernetes.plugins import declare_dask
 
             return declare_dask(config, ctx)
@@ -36,6 +35,10 @@ class DaskPlugin(TaskPlugin):
         return [ctx.declaration("local:dask:Cluster", "cluster", inputs)]
 
     def attach(self, config: Dask, outputs: dict[str, dict], ctx: DeclareContext) -> Attachment:
+        if ctx.backend == "kubernetes":  # the body runs in its pod, with the address in its env
+            from providers.kubernetes.plugins import attach_dask
+
+            return attach_dask(config, outputs, ctx)
         address = outputs["cluster"]["scheduler_address"]
 
         return Attachment(env_vars={"DASK_SCHEDULER_ADDRESS": address},

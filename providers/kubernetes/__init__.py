@@ -14,11 +14,16 @@ Settings (environment variables):
   ENGINE_K8S_DELETE_TIMEOUT     how long delete waits for the object to go (default 120 s)
   ENGINE_K8S_CONNECT_TIMEOUT    per request connect timeout (default 5 s)
   ENGINE_K8S_CRDS               a directory of CRD YAML to validate against instead of crds/
+  ENGINE_K8S_IMAGE              the task image of environments with image=None
+  ENGINE_DATA_URL               where a body in a pod gets its code and inputs and leaves its
+                                result (an fsspec URL: s3://, gs://, file:// on a mounted volume)
 
 Core and apps kinds (Namespace, ServiceAccount, Secret, ConfigMap, Service, Deployment, ...)
 of Pulumi programs run in-process go to ``generic.KubernetesObject``, registered as
 ``kubernetes:*``: the provider of every kubernetes type no operator provider registered.
 """
+
+import providers.data  # noqa: F401  data:index:Object, the bundle and data of a body in a pod
 
 from .generic import KubernetesObject
 from .objects import Target

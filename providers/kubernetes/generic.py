@@ -8,7 +8,8 @@ provider (``provider.py``) registered exactly.
 - ``create`` applies with server-side apply as ``taskrig`` and waits, bounded, for readiness
   where Kubernetes reports one: a Deployment or StatefulSet is ready when its controller has
   observed the generation and counts enough updated and available (ready) replicas, as
-  ``kubectl rollout status`` reads it. Other kinds are ready once stored. Pulumi's annotation
+  ``kubectl rollout status`` reads it; a Pod once its containers run (or have finished), and it
+  fails at once if one waits for an image it cannot have. Other kinds are ready once stored. Pulumi's annotation
   ``pulumi.com/skipAwait: "true"`` skips the wait. An object that exists and that taskrig
   does not manage is not taken over (``pulumi.com/patchForce: "true"`` takes it over).
 - ``delete`` treats NotFound as success and waits, bounded, until the object is gone; a
@@ -42,7 +43,8 @@ from engine.extend import ConfigError, Diff, NotFound, Provider, ProviderRegistr
 from engine.program import ComponentProvider
 
 from .objects import dns_name, namespace_from_env
-from .provider import KINDS as OPERATOR_KINDS, POLL_MAX, delete_timeout, project, ready_timeout, svc
+from .provider import (KINDS as OPERATOR_KINDS, POLL_MAX, delete_timeout, pod_never_starts, project, ready_timeout,
+                       svc)
 
 SKIP_AWAIT = "pulumi.com/skipAwait"
 PATCH_FORCE = "pulumi.com/patchForce"
@@ -72,6 +74,7 @@ KINDS = {(k.api_version, k.kind): k for k in (
     Kind("v1", "ServiceAccount", "serviceaccounts"),
     Kind("v1", "Secret", "secrets", immutable=("type",)),
     Kind("v1", "ConfigMap", "configmaps"),
+    Kind("v1", "Pod", "pods", immutable=("spec",)),
     Kind("v1", "Service", "services", immutable=("spec.clusterIP",)),
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims",
          immutable=("spec.accessModes", "spec.selector", "spec.storageClassName", "spec.volumeName")),
@@ -141,7 +144,21 @@ def _rollout_done(obj: dict, available_field: str) -> bool:
             and st.get("updatedReplicas", 0) >= want and st.get(available_field, 0) >= want)
 
 
+def _pod_started(pod: dict) -> bool:
+    """Every container running or finished: a pod that runs to completion (a task's body) is
+    waited for until it runs; how it ends is for whoever reads its result."""
+    st = pod.get("status") or {}
+    if st.get("phase") in ("Succeeded", "Failed"):
+        return True
+    statuses = st.get("containerStatuses") or []
+    want = len((pod.get("spec") or {}).get("containers") or [])
+    return len(statuses) >= want > 0 and all(
+        "running" in (cs.get("state") or {}) or "terminated" in (cs.get("state") or {}) for cs in statuses)
+
+
 def ready(kind: Kind, obj: dict) -> bool:
+    if kind.kind == "Pod":
+        return _pod_started(obj)
     if kind.kind == "Deployment":
         return _rollout_done(obj, "availableReplicas")
     if kind.kind == "StatefulSet":
@@ -150,6 +167,8 @@ def ready(kind: Kind, obj: dict) -> bool:
 
 
 def failed(kind: Kind, obj: dict) -> str | None:
+    if kind.kind == "Pod":
+        return pod_never_starts(obj)
     if kind.kind == "Deployment":
         for c in (obj.get("status") or {}).get("conditions") or []:
             if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":

@@ -1,11 +1,10 @@
 """The kubernetes branch of each plugin's ``declare`` and ``attach``, kept here so that the
 plugins' own modules only dispatch to it (``if ctx.backend == "kubernetes": return ...``).
 
-On this backend the task body still runs in the engine's process: it gets the in-cluster
-addresses of what was provisioned (``DASK_SCHEDULER_ADDRESS``, ``RAY_ADDRESS``, the Spark UI,
-the PyTorch rendezvous endpoint), which resolve from inside the cluster (an engine running in a
-pod, or a network that routes to cluster Services). The Spark driver and the PyTorch workers
-run the image's code in their pods; the body orchestrates around them.
+A Dask task's body runs in a pod of its own beside its DaskCluster (``body.py``). The Ray,
+Spark and PyTorch bodies still run in the engine's process with the in-cluster addresses of
+what was provisioned (``RAY_ADDRESS``, the Spark UI, the PyTorch rendezvous endpoint), which
+resolve only from inside the cluster; moving them into the cluster is the next step.
 """
 
 from __future__ import annotations
@@ -16,9 +15,27 @@ from .declare import declare
 
 
 def declare_dask(config, ctx: DeclareContext):
+    """A DaskCluster, then the body's pod with its ``DASK_SCHEDULER_ADDRESS`` (``body``): not a
+    DaskJob, so that a reusable environment keeps its cluster while each run gets its own pod,
+    and the body starts once scheduler and workers are up (README, "The body in a pod")."""
     from providers.dask.manifests import NAME_MAX, dask_cluster
 
-    return [declare(ctx, "DaskCluster", "cluster", lambda t: dask_cluster(config, t), NAME_MAX)]
+    from .body import declare_body
+    from .provider import DaskCluster
+
+    cluster = declare(ctx, "DaskCluster", "cluster", lambda t: dask_cluster(config, t), NAME_MAX)
+    meta = cluster.inputs["metadata"]
+    address = DaskCluster().addresses(meta["name"], meta["namespace"], {})["scheduler_address"]
+    return [cluster, *declare_body(ctx, [cluster], {"DASK_SCHEDULER_ADDRESS": address},
+                                   {"dask_scheduler_address": address}, setup=("providers.dask.remote:share_code",))]
+
+
+def attach_dask(config, outputs: dict[str, dict], ctx: DeclareContext) -> Attachment:
+    """The engine's side of a body that runs in its pod: what it was given, and the wait."""
+    from .body import remote
+
+    address = outputs["cluster"]["scheduler_address"]
+    return Attachment(data={"dask_scheduler_address": address}, remote=remote(outputs))
 
 
 def declare_ray(config, ctx: DeclareContext):

@@ -69,18 +69,29 @@ NEVER_STARTS = ("ErrImageNeverPull", "ImagePullBackOff", "InvalidImageName", "Cr
                 "CreateContainerError", "CrashLoopBackOff", "RunContainerError")
 
 
-def pod_failure(pod: dict) -> str | None:
-    """One line naming the pod, its container's image and the reason, if it will never run."""
+def pod_never_starts(pod: dict) -> str | None:
+    """One line naming the pod, its container's image and the reason, if a container is
+    waiting for something that will not come by itself (an image that cannot be had)."""
     meta, st = pod.get("metadata") or {}, pod.get("status") or {}
     images = {c.get("name"): c.get("image") for c in (pod.get("spec") or {}).get("containers") or []}
-    for cs in st.get("containerStatuses") or []:
-        state, last = cs.get("state") or {}, cs.get("lastState") or {}
-        waiting = state.get("waiting") or {}
-        ended = state.get("terminated") or last.get("terminated") or {}
-        image = images.get(cs.get("name")) or cs.get("image")
+    for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in NEVER_STARTS:
+            image = images.get(cs.get("name")) or cs.get("image")
             msg = (waiting.get("message") or "").splitlines()[0][:300] if waiting.get("message") else ""
             return f"pod {meta.get('name')}: image {image}: {waiting['reason']}" + (f" ({msg})" if msg else "")
+    return None
+
+
+def pod_failure(pod: dict) -> str | None:
+    """One line naming the pod and the reason, if it will never run (or ran out of memory)."""
+    never = pod_never_starts(pod)
+    if never:
+        return never
+    meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+    for cs in st.get("containerStatuses") or []:
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        ended = state.get("terminated") or last.get("terminated") or {}
         if ended.get("reason") == "OOMKilled":
             return f"pod {meta.get('name')}: container {cs.get('name')} was OOMKilled (its memory limit is too low)"
     if st.get("phase") == "Failed":

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="CRD families to load (dask,ray,spark,pytorch; default all)")
     s.add_argument("--watch", type=int, default=None, metavar="PID", help="stop the node once PID has exited")
     sub.add_parser("stop", help="stop the node and undo every change it made to the host")
+    sub.add_parser("reload-image", help="load the task image of the code as it is now into the running node")
+    sub.add_parser("base-image", help="make the host-copy Python base image (with pip) and load it into "
+                                      "podman's/buildah's store; prints TASKRIG_BASE_IMAGE=NAME")
     st = sub.add_parser("status", help="exit 0 = ready, 3 = not running, 1 = unhealthy")
     st.add_argument("--json", action="store_true")
     w = sub.add_parser("watchdog")
@@ -43,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
 
             kc = start(args.operators, args.crds, args.watch)
             print(f"KUBECONFIG={kc}", flush=True)
+        elif args.cmd == "reload-image":
+            from .node import reload_images
+
+            print(f"TASKRIG_TASK_IMAGE={reload_images()}", flush=True)
+        elif args.cmd == "base-image":
+            print(f"TASKRIG_BASE_IMAGE={base_image()}", flush=True)
         elif args.cmd == "stop":
             from .node import stop
 
@@ -67,6 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error: {e}")
         return 1
     return 0
+
+
+def base_image() -> str:
+    """The base image for `FROM` in builds here (no registry): written as an archive by
+    images.python_base_image, loaded by the engine's builder (so this needs the project's venv)."""
+    from . import images
+
+    name, archive, digest = images.python_base_image()
+    try:
+        from engine.image import load_archive
+    except ImportError as e:
+        raise ClusterError(f"loading {name} needs the engine (scripts/install.sh): {e}") from e
+    tool = load_archive(archive, name, images.BASE_DIGEST_LABEL, digest)
+    log(f"base image {name} ({digest}) is in {tool}'s store")
+    return name
 
 
 def _watchdog(pid: int) -> int:

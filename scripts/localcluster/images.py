@@ -558,10 +558,11 @@ def _dlopened_libs() -> list[str]:
     return list(found.values())
 
 
-def _add_libraries(tree: Tree, py: Python) -> None:
-    """Every shared library the interpreter and any .so in the tree loads, at its host path."""
+def _add_libraries(tree: Tree, py: Python, executables: Iterable[str] = ()) -> None:
+    """Every shared library the interpreter, ``executables`` and any .so in the tree load, at
+    their host paths."""
     copied = tree.sources()
-    libs, missing = ldd_closure([py.exe, *_shared_objects(tree)])
+    libs, missing = ldd_closure([py.exe, *executables, *_shared_objects(tree)])
     for m in missing:
         log(f"task image: ldd: {m} => not found (that module fails on this host too)")
     for lib in sorted(libs | {DYNAMIC_LOADER, *_dlopened_libs()}):
@@ -570,8 +571,9 @@ def _add_libraries(tree: Tree, py: Python) -> None:
 
 
 def task_tree(distributions: list[str], extra_paths: Iterable[Path] = (),
-              bytecode: bool = False) -> tuple[Tree, Python]:
-    """The task image's root filesystem, in memory."""
+              bytecode: bool = False, host_files: Iterable[str] = ()) -> tuple[Tree, Python]:
+    """The task image's root filesystem, in memory; ``host_files`` (e.g. /bin/sh) are copied
+    to their own paths, symlinks on the way kept, with the libraries they load."""
     py = host_python()
     tree = Tree()
     tree.host(py.exe)
@@ -588,7 +590,9 @@ def task_tree(distributions: list[str], extra_paths: Iterable[Path] = (),
         _add_bytecode(tree)
     _console_scripts(tree, dists, "/usr/bin/python3")
     _python_links(tree, py)
-    _add_libraries(tree, py)
+    for f in host_files:
+        tree.host(f)
+    _add_libraries(tree, py, [os.path.realpath(f) for f in host_files])
     _etc(tree)
     return tree, py
 
@@ -617,6 +621,48 @@ def task_image(distributions: list[str], extra_paths: Iterable[Path] = (),
         f"in {time.monotonic() - t0:.1f} s ({out})")
     _prune("taskrig-task-*.docker.tar", keep=KEEP_TASK_IMAGES)
     return tag, out
+
+
+# The base for Dockerfiles built here: what python:3.X-slim is elsewhere, without a registry.
+BASE_ENV = (*TASK_ENV, "PYTHONUNBUFFERED=1", "PIP_DISABLE_PIP_VERSION_CHECK=1")
+BASE_DISTRIBUTIONS = ("pip",)
+BASE_HOST_FILES = ("/bin/sh",)  # a Dockerfile's RUN runs `/bin/sh -c` (dash on Debian: needs only libc)
+# The host's trust store, where OpenSSL (and so pip) looks by default: a build's pip then trusts
+# what the host trusts, a TLS-inspecting proxy's CA included.
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+BASE_DIGEST_LABEL = "dev.taskrig.base.digest"
+
+
+def base_image_name(version: str | None = None) -> str:
+    """``localhost/taskrig-python:3.11``: one name per Python version, so a Dockerfile's FROM
+    line stays the same when the host's files change (the label says which content it is)."""
+    return f"localhost/taskrig-python:{version or '%d.%d' % sys.version_info[:2]}"
+
+
+def python_base_image() -> tuple[str, Path, str]:
+    """The host-copy Python with pip and nothing else, as a ``FROM`` for image builds on a
+    machine with no registry: ``RUN python -m pip install ...`` works in it (pip reaches the
+    index the build's network does). Cached like the task image, by content.
+
+    Returns (name, archive path, content digest), the digest also in the image's labels.
+    """
+    t0 = time.monotonic()
+    tree, py = task_tree(list(BASE_DISTRIBUTIONS), host_files=BASE_HOST_FILES)
+    if os.path.isfile(CA_BUNDLE):
+        tree.host(CA_BUNDLE)
+    name = base_image_name(py.version)
+    config = {"Env": list(BASE_ENV), "Cmd": ["python3"], "WorkingDir": "/root"}
+    digest = tree.digest(FORMAT, name, json.dumps(config, sort_keys=True))[:12]
+    config["Labels"] = {BASE_DIGEST_LABEL: digest}
+    out = paths.IMAGES / f"taskrig-python-{py.version}-{digest}.docker.tar"
+    if out.is_file():
+        log(f"base image {name}: cached ({out}, {time.monotonic() - t0:.1f} s)")
+        return name, out, digest
+    write_docker_archive(out, name, [tree.write], config)
+    log(f"base image {name}: {len(tree.entries)} entries, {out.stat().st_size / 1e6:.0f} MB "
+        f"in {time.monotonic() - t0:.1f} s ({out})")
+    _prune(f"taskrig-python-{py.version}-*.docker.tar", keep=KEEP_TASK_IMAGES)
+    return name, out, digest
 
 
 KEEP_TASK_IMAGES = 3  # each edit of the engine makes a new one (~240 MB): the newest few stay

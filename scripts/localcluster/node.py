@@ -21,7 +21,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import build, configs, guard, hostchanges, paths, pki
+from . import build, configs, guard, hostchanges, images, paths, pki
 from .host import ClusterError, ensure_packages, launch, log, recorded, run, stop as stop_process, wait_for
 
 RUNTIME_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack", "iproute2",
@@ -35,7 +35,7 @@ TASK_IMAGE_ALIAS = "localhost/taskrig-task:current"
 # Spark: hundreds of MB each, for the images of their own issue)
 TASK_IMAGE_DISTRIBUTIONS = ("taskrig", "dask", "distributed", "cloudpickle", "grpcio", "grpcio-health-checking",
                             "flyteidl2", "protobuf", "httpx", "psycopg", "psycopg-binary", "msgpack",
-                            "prometheus-client")
+                            "prometheus-client", "fsspec", "s3fs")
 API = f"https://{paths.NODE_IP}:{paths.API_PORT}"
 
 
@@ -146,11 +146,7 @@ def _start(node: Path, families: list[str], operators: list[str]) -> None:
     sock = node / "containerd" / "containerd.sock"
     wait_for("containerd", lambda: sock.exists() and run(["ctr", "--address", sock, "version"], check=False).returncode == 0,
              30, node, "containerd")
-    task_tag, archives = _images()
-    for archive in archives:
-        images.import_image(archive, sock)
-    # the same image under a second, fixed name: "a different image" without a registry
-    run(["ctr", "--address", sock, "-n", "k8s.io", "images", "tag", "--force", task_tag, TASK_IMAGE_ALIAS])
+    task_tag = load_images(sock)
 
     ep, pp = _free_port(), _free_port()
     launch(node, "etcd", [paths.BIN / "etcd", "--name", "taskrig", "--data-dir", node / "etcd",
@@ -203,16 +199,41 @@ def _start(node: Path, families: list[str], operators: list[str]) -> None:
              node, "kube-controller-manager")
     wait_for("the cluster DNS", lambda: "ready" in (node / "cluster-dns.log").read_text(), 30, node, "cluster-dns")
     _operators(node, operators)
-    (node / "env").write_text(f"KUBECONFIG={kc}\nK8S_API_URL={API}\nTASKRIG_TASK_IMAGE={task_tag}\n"
-                              f"TASKRIG_TASK_IMAGE_ALIAS={TASK_IMAGE_ALIAS}\n")
+    write_env(node, kc, task_tag)
+
+
+def load_images(sock: Path) -> str:
+    """The pause and task images into the node's containerd; returns the task image's tag."""
+    task_tag, archives = _images()
+    for archive in archives:
+        images.import_image(archive, sock)
+    # the same image under a second, fixed name: "a different image" without a registry
+    run(["ctr", "--address", sock, "-n", "k8s.io", "images", "tag", "--force", task_tag, TASK_IMAGE_ALIAS])
+    return task_tag
+
+
+def write_env(node: Path, kubeconfig: str, task_tag: str) -> None:
+    (node / "env").write_text(f"KUBECONFIG={kubeconfig}\nK8S_API_URL={API}\nTASKRIG_TASK_IMAGE={task_tag}\n"
+                              f"TASKRIG_TASK_IMAGE_ALIAS={TASK_IMAGE_ALIAS}\n"
+                              # bodies in pods: a folder of this node that their pods mount (hostPath)
+                              f"ENGINE_DATA_URL=file://{node / 'data'}\n")
+
+
+def reload_images(node: Path = paths.NODE) -> str:
+    """A running node gets the task image of the code as it is now (the engine's own code is
+    in the image; a task's code travels in its bundle): for working on the engine itself."""
+    sock = node / "containerd" / "containerd.sock"
+    if not (node / "kubeconfig").exists() or not sock.exists():
+        raise ClusterError(f"no node runs from {node}: scripts/local-cluster.sh start")
+    tag = load_images(sock)
+    write_env(node, str(node / "kubeconfig"), tag)
+    return tag
 
 
 def _images() -> tuple[str, list[Path]]:
     """The sandbox image and the default task image: the host's own Python with what the
     engine and the Dask example need, so pods unpickle exactly what the host pickled."""
     from importlib import metadata
-
-    from . import images
 
     dists = [d for d in TASK_IMAGE_DISTRIBUTIONS if _has(metadata, d)]
     tag, task = images.task_image(dists, bytecode=True)

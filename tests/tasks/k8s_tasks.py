@@ -1,10 +1,8 @@
 """Dask tasks on the kubernetes backend. The real Dask operator makes the pods, from the task
-image of the test cluster (K8S_T_IMAGE); the bodies still run in the engine's process, so they
-report what they were attached to and never connect."""
+image of the test cluster (K8S_T_IMAGE); the bodies run in a pod of their own beside it and
+report the address they were given."""
 
 import os
-import time
-from pathlib import Path
 
 import engine
 from providers.dask import Dask, Scheduler, WorkerGroup
@@ -24,14 +22,6 @@ reuse = engine.TaskEnvironment(
 @env.task
 def addr() -> str:
     return os.environ["DASK_SCHEDULER_ADDRESS"]
-
-
-@env.task
-def slow(seconds: float = 60.0, marker: str = "") -> str:
-    if marker:
-        Path(marker).write_text(os.environ["DASK_SCHEDULER_ADDRESS"])
-    time.sleep(seconds)
-    return "done"
 
 
 @reuse.task
