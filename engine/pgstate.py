@@ -145,7 +145,10 @@ def connect(target: PgTarget, read_only: bool = False, application: str = "taskr
     """An autocommit connection with the state's schema first on the search path and
     ``synchronous_commit=on`` (a commit returns once it is durable). Connection failures are
     StateErrors naming the (masked) URL."""
-    import psycopg
+    try:
+        import psycopg
+    except ImportError:
+        raise StateError("a postgresql:// state needs psycopg 3: pip install 'taskrig[postgres]'") from None
 
     from .secrets import redact_text
 
