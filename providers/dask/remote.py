@@ -62,10 +62,25 @@ class SchedulerCode(_Code, SchedulerPlugin):
         self.install(scheduler.local_directory)
 
 
+WORKERS_VAR = "TASKRIG_DASK_WORKERS"  # how many workers the cluster declares
+WORKERS_TIMEOUT = 120.0
+
+
 def share_code(src: str) -> None:
+    """Also waits until the declared workers have connected: the operator reports a worker pod
+    Running before its worker has joined, and a body started then maps onto fewer workers than
+    it asked for (on the local backend, readiness counts connected workers)."""
     from distributed import Client
 
     data, name = _zip(Path(src)), f"{PREFIX}{uuid.uuid4().hex[:12]}.zip"
+    want = int(os.environ.get(WORKERS_VAR) or 0)
     with Client(os.environ["DASK_SCHEDULER_ADDRESS"], timeout=60, set_as_default=False) as client:
+        if want:
+            try:
+                client.wait_for_workers(want, timeout=WORKERS_TIMEOUT)
+            except TimeoutError:
+                have = len(client.scheduler_info()["workers"])
+                raise TimeoutError(f"only {have} of the cluster's {want} Dask workers connected to its scheduler "
+                                   f"within {WORKERS_TIMEOUT:.0f} s") from None
         client.register_plugin(SchedulerCode(name, data), name=PLUGIN)
         client.register_plugin(WorkerCode(name, data), name=PLUGIN)

@@ -26,8 +26,10 @@ def declare_dask(config, ctx: DeclareContext):
     cluster = declare(ctx, "DaskCluster", "cluster", lambda t: dask_cluster(config, t), NAME_MAX)
     meta = cluster.inputs["metadata"]
     address = DaskCluster().addresses(meta["name"], meta["namespace"], {})["scheduler_address"]
-    return [cluster, *declare_body(ctx, [cluster], {"DASK_SCHEDULER_ADDRESS": address},
-                                   {"dask_scheduler_address": address}, setup=("providers.dask.remote:share_code",))]
+    env = {"DASK_SCHEDULER_ADDRESS": address,
+           "TASKRIG_DASK_WORKERS": str(cluster.inputs["spec"]["worker"]["replicas"])}  # share_code waits for them
+    return [cluster, *declare_body(ctx, [cluster], env, {"dask_scheduler_address": address},
+                                   setup=("providers.dask.remote:share_code",))]
 
 
 def attach_dask(config, outputs: dict[str, dict], ctx: DeclareContext) -> Attachment:
