@@ -133,8 +133,7 @@ def _core():
 
     from .client import cluster
 
-    c = cluster()
-    return c, k8s.CoreV1Api(c.api.api_client)
+    return k8s.CoreV1Api(cluster().api.api_client)
 
 
 def _follow_log(core, ns: str, name: str, read_timeout: float, out=None) -> None:
@@ -195,7 +194,7 @@ def _wait_end(core, ns: str, name: str, deadline: float) -> tuple[dict, Any]:
 def _wait_for_body(ns: str, name: str, run_url: str) -> Any:
     import cloudpickle
 
-    c, core = _core()
+    core = _core()
     pod = core.read_namespaced_pod(name, ns)
     # The log ends when the container does; its deadline is the pod's own safety net.
     limit = (pod.spec.active_deadline_seconds or 3600) + END_WAIT
@@ -204,7 +203,8 @@ def _wait_for_body(ns: str, name: str, run_url: str) -> Any:
     ended, pod = _wait_end(core, ns, name, max(time.monotonic() + END_WAIT, started + limit))
     where = f"pod {ns}/{name}"
     if ended["reason"] == "OOMKilled":
-        mem = ((pod.spec.containers[0].resources.limits or {}) if pod.spec.containers[0].resources else {}).get("memory")
+        resources = pod.spec.containers[0].resources
+        mem = ((resources and resources.limits) or {}).get("memory")
         raise BodyFailed(f"the task's {where} was OOMKilled" + (f" (memory limit {mem})" if mem else
                                                                  " (it has no memory limit: the node ran out)"))
     if ended["exit_code"] == 0:
