@@ -12,7 +12,7 @@ Flyte runs by default (nothing recorded) and once with ``local_persistence=True`
 own SQLite record of local runs), the like-for-like anchor for "persisting state".
 
 The Flyte interpreter: ``$FLYTE_PYTHON`` if set, else ``--flyte-venv`` (default
-/tmp/flyte-venv), created with ``python -m venv`` + ``pip install flyte`` when missing.
+/tmp/flyte-venv), created with ``python -m venv`` + ``pip install flyte==2.12.1`` when missing.
 A third series prices ``synchronous=FULL`` (every commit fsynced, what the engine does): the same
 calls on a state opened with NORMAL (``TASKRIG_SQLITE_SYNCHRONOUS=normal``, a benchmark knob).
 Ratios are taskrig / Flyte (below 1: taskrig is faster). Goal (issue 9): FULL at or below 0.5x
@@ -33,6 +33,7 @@ from pathlib import Path
 from _common import emit, ratio, summarize, table
 
 HERE = Path(__file__).resolve().parent
+FLYTE_VERSION = "2.12.1"  # the anchor BENCHMARKS.md reports; a newer Flyte is a new anchor
 
 import engine  # noqa: E402
 from engine.state import State  # noqa: E402
@@ -73,7 +74,7 @@ def flyte_python(venv: Path) -> str:
     if not py.exists():
         print(f"creating {venv} and installing flyte from PyPI (once)...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "flyte"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"flyte=={FLYTE_VERSION}"], check=True)
     return str(py)
 
 

@@ -11,6 +11,10 @@ same way):
   whatever replaced it exists first), dependents and children before what they sit on;
 - the old copy of a create-before-delete replacement is deleted after every create and
   update too, so dependents point at the new copy before the old one goes;
+- a delete-first replacement is two nodes: the old copy's delete, among the deletes (its
+  dependents, which the plan replaces delete-first too, and those no longer declared go
+  before it), then the create, which its dependents' creates wait for; were that create to
+  fail, theirs never start, so no row names a resource that is gone;
 - a dead run's leftover under a URN that the plan creates again is deleted first.
 
 On the first failure no new step starts, the running ones finish, and the error is raised.
@@ -61,15 +65,15 @@ class _Node:
 def _before_delete_first_replaces(steps: list[Step], deletes: dict[str, list[int]], nodes) -> set[str]:
     """URNs being deleted that depend, directly or through each other, on a resource replaced
     delete-first: the old copy of that goes before its replacement exists, so nothing may still
-    depend on it then. Their deletes run before those replaces, not after every forward step
-    (were the replacement's create to fail, a late delete would never run, and the state would
-    keep a dependent of a resource that no longer exists)."""
+    depend on it then. Their deletes run before its delete (dependents first), not after every
+    forward step (were the replacement's create to fail, a late delete would never run, and the
+    state would keep a dependent of a resource that no longer exists)."""
     gone = {s.urn for s in steps if s.op == "replace" and s.delete_before_replace}
     if not gone:
         return set()
     early: set[str] = set()
     grew = True
-    while grew:
+    while grew:  # bounded: each pass adds a URN, or ends
         grew = False
         for urn, idx in deletes.items():
             if urn in early or urn in gone:
@@ -83,6 +87,19 @@ def _before_delete_first_replaces(steps: list[Step], deletes: dict[str, list[int
     return early
 
 
+def _waits_for(pre: dict[int, set[int]], start: int, target: int) -> bool:
+    """Does node ``start`` wait, directly or not, for node ``target``? (Each node visited once.)"""
+    seen, todo = {start}, [start]
+    while todo:
+        for j in pre[todo.pop()]:
+            if j == target:
+                return True
+            if j not in seen:
+                seen.add(j)
+                todo.append(j)
+    return False
+
+
 def _nodes(steps: list[Step]) -> tuple[list[_Node], dict[int, set[int]]]:
     """The DAG: nodes and, for each, the nodes that must finish first (linear in steps plus
     edges: the late deletes share one barrier node instead of an edge to every forward step)."""
@@ -90,17 +107,23 @@ def _nodes(steps: list[Step]) -> tuple[list[_Node], dict[int, set[int]]]:
     forward: dict[str, int] = {}
     deletes: dict[str, list[int]] = collections.defaultdict(list)  # a URN's row and its pending copies
     replaced: list[int] = []
+    delete_first: list[tuple[int, Step]] = []  # the old copy's delete node, and its replace step
     for s in steps:
         if s.op == "delete":
             deletes[s.urn].append(len(nodes))
             nodes.append(_Node(s, KINDS["delete"]))
-        else:
-            forward[s.urn] = len(nodes)
-            nodes.append(_Node(s, KINDS[s.op]))
-            if s.op == "replace" and not s.delete_before_replace:
-                old = dataclasses.replace(s.old, pending_delete=True)
-                replaced.append(len(nodes))
-                nodes.append(_Node(Step("delete", s.urn, s.type, old=old, reason="replace"), _REPLACED_DELETE, late=True))
+            continue
+        if s.op == "replace" and s.delete_before_replace:
+            # A node of its own, ordered among the deletes: its dependents' deletes go first.
+            deletes[s.urn].append(len(nodes))
+            delete_first.append((len(nodes), s))
+            nodes.append(_Node(Step("delete", s.urn, s.type, old=s.old, reason="replace"), KINDS["delete"]))
+        forward[s.urn] = len(nodes)
+        nodes.append(_Node(s, KINDS[s.op]))
+        if s.op == "replace" and not s.delete_before_replace:
+            old = dataclasses.replace(s.old, pending_delete=True)
+            replaced.append(len(nodes))
+            nodes.append(_Node(Step("delete", s.urn, s.type, old=old, reason="replace"), _REPLACED_DELETE, late=True))
     barrier = len(nodes)
     nodes.append(_Node(None, None))
     pre: dict[int, set[int]] = {i: set() for i in range(len(nodes))}
@@ -113,9 +136,6 @@ def _nodes(steps: list[Step]) -> tuple[list[_Node], dict[int, set[int]]]:
             nodes[i].late = urn not in forward and urn not in early
             if nodes[i].late:
                 pre[i].add(barrier)
-            elif urn in early:
-                for f in (forward[s.urn] for s in steps if s.op == "replace" and s.delete_before_replace):
-                    pre[f].add(i)
     for urn, idx in deletes.items():
         for i in idx:
             s = nodes[i].step
@@ -130,6 +150,15 @@ def _nodes(steps: list[Step]) -> tuple[list[_Node], dict[int, set[int]]]:
         deps = list(s.new.deps) + ([s.new.parent] if s.new.parent else [])
         pre[i].update(forward[d] for d in deps if d in forward)
         pre[i].update(deletes.get(urn, ()))
+    # The old copy of a delete-first replacement goes once the steps of what its replacement
+    # depends on are done (Pulumi deletes it when the resource registers, its inputs known), so a
+    # failed dependency leaves it in place; unless one of those waits for this delete (a
+    # dependent replaced with it), which would be a cycle.
+    for i, s in delete_first:
+        for d in list(s.new.deps) + ([s.new.parent] if s.new.parent else []):
+            j = forward.get(d)
+            if j is not None and not _waits_for(pre, j, i):
+                pre[i].add(j)
     return nodes, pre
 
 

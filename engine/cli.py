@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import gcpause
 from .errors import ConfigError, EngineError
 from .lifecycle import Session
 from .render import (PLAN_FORMAT_VERSION, CollectingReporter, ConsoleReporter, iso, plan_json, print_plan,
@@ -517,6 +518,7 @@ def _exit_code(argv) -> Callable[[int], int]:
 
 def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, _sigterm)
+    gcpause.relax_for_this_process()
     code = _exit_code(argv)
     try:
         cli.main(args=argv, standalone_mode=False)

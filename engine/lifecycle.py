@@ -1,5 +1,8 @@
 """One task run from start to end: declare, check, lock, recover, plan, apply, attach, run,
-tear down, record. Also the stack-wide operations the CLI offers (preview, destroy, refresh).
+tear down, record. ``Session`` is the entry point of every operation on a stack; the
+stack-wide ones are modules of their own, each a few functions taking the session:
+``engine.teardown`` (a run's teardown, destroy, the idle-TTL reaper), ``engine.refresh``
+(reading resources back), ``engine.program_runs`` (Pulumi programs).
 
 Validation (target, plugin config, provider ``check``, secrets) happens before the state file
 is opened, so bad input leaves it byte-identical.
@@ -10,37 +13,32 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import secrets as _secrets
 import shutil
-import subprocess
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import context, runenv
+from . import context, gcpause, program_runs, runenv
 from .apply import Applier
-from .errors import ConfigError, EngineError, HostLocal
+from .errors import ConfigError, HostLocal
 from .lock import PgStackLock, StackLock
 from .pgstate import PgTarget
-from .plan import Plan, deletion_plan, plan as make_plan
+from .plan import Plan, plan as make_plan
 from .plugin import Attachment, DeclareContext
-from .recover import expired, foreign_host, foreign_records, recover_stack
+from .recover import expired, foreign_host, recover_stack
+from .refresh import refresh_one, refresh_stack
 from .registry import ProviderRegistry, TaskPluginRegistry
 from .report import Reporter
 from .sdk import Secret
 from .secrets import (error_text, register, remove_secret_files, resolve_secret, resolve_secrets,
                       write_secret_files)
-from .resource import Declaration, Diff, ProviderContext, Read, Record
-from .snapshot import SnapshotManager
+from .resource import NO_DIFF, Declaration, Diff, Provider, ProviderContext, Record
+from .runs import new_run_id
 from .state import State, locate, runtime_dir
+from .teardown import destroy_stack, reap_idle, teardown_run
 
 
-def new_run_id() -> str:
-    """Sortable and unique: UTC time to the millisecond plus 4 random hex digits."""
-    now = datetime.now(timezone.utc)
-    return f"r{now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d}{_secrets.token_hex(2)}"
+# NO_DIFF of a provider that replaces delete-first (a type change still replaces): one instance.
+_NO_DIFF_DELETE_FIRST = Diff(delete_before_replace=True)
 
 
 class RunResult(NamedTuple):
@@ -138,18 +136,7 @@ class Session:
         remove_secret_files(crashed)
         gone = expired(state, stack, providers=self.provider)
         if gone:
-            self._reap(state, stack, gone)
-
-    def _reap(self, state: State, stack: str, records: list[Record]) -> None:
-        run_id = new_run_id()
-        state.start_run(run_id, stack, "idle_ttl expired", kind="reap", status="tearing_down")
-        self.reporter.message(f"{len(records)} reusable resource(s) of {stack} idle past their TTL: destroying")
-        try:
-            self._applier(state, stack, run_id, reason="idle_ttl expired").apply(deletion_plan(stack, records))
-        except BaseException as e:
-            state.update_run(run_id, status="failed", finished=time.time(), error=error_text(e))
-            raise
-        state.update_run(run_id, status="succeeded", finished=time.time())
+            reap_idle(self, state, stack, gone)
 
     # ------------------------------------------------------------------ declaring
     def prepare(self, task, inputs: dict, run_id: str | None = None, stack: str | None = None) -> Prepared:
@@ -184,22 +171,39 @@ class Session:
               refresh: bool = False, prune: bool = True) -> Plan:
         # Without pruning only the declared URNs matter: a run nested in its caller's stack reads
         # those by key, not the whole stack (thousands of sibling jobs may be recorded there).
-        recorded = state.resources(stack) if prune else [r for r in map(state.resource, (d.urn for d in decls)) if r]
-        wanted = {d.urn for d in decls}
-        current = []
-        for r in recorded:
-            p = self.provider(r.type)
-            if self._foreign(state, r):  # another host's local processes: not readable from here
-                current.append(r)
-                continue
-            if refresh or (r.urn in wanted and p.refresh_on_up and not r.ephemeral):
-                r = self._refresh_one(state, r, write=refresh)
-                if r is None:
-                    continue
-            current.append(r)
-        by_urn = {r.urn: r for r in current}
-        diffs = {d.urn: self._diff(by_urn[d.urn], d) for d in decls if d.urn in by_urn and not d.read_only}
-        return make_plan(stack, decls, current, diffs, run_id=run_id, prune=prune)
+        # A whole stack is read and planned with the garbage collector paused (engine.gcpause).
+        with gcpause.paused() if prune else contextlib.nullcontext():
+            recorded = state.resources(stack) if prune else [r for r in map(state.resource, (d.urn for d in decls)) if r]
+            # Every recorded type needs its provider (a missing one is the error it is today).
+            providers = {t: self.provider(t) for t in dict.fromkeys(r.type for r in recorded)}
+            current = recorded
+            # Row by row only when a row may be read back or belong to another host (a shared
+            # state and a provider of local processes: foreign_host).
+            if (refresh or any(p.refresh_on_up for p in providers.values())
+                    or (state.pg is not None and any(getattr(p, "host_local", False) for p in providers.values()))):
+                wanted = {d.urn for d in decls}
+                current = []
+                for r in recorded:
+                    if self._foreign(state, r):  # another host's local processes: not readable from here
+                        current.append(r)
+                        continue
+                    if refresh or (r.urn in wanted and providers[r.type].refresh_on_up and not r.ephemeral):
+                        r = self._refresh_one(state, r, write=refresh)
+                        if r is None:
+                            continue
+                    current.append(r)
+            # Equal inputs of a provider that keeps the base ``diff``: the base's own answer (NO_DIFF,
+            # delete-first folded in as _diff folds it), without a call per resource.
+            unchanged = {t: _NO_DIFF_DELETE_FIRST if p.delete_before_replace else NO_DIFF
+                         for t, p in providers.items() if type(p).diff is Provider.diff}
+            recorded_by_urn = {r.urn: r for r in current}.get
+            diffs = {}
+            for d in decls:
+                old = recorded_by_urn(d.urn)
+                if old is not None and not d.read_only:
+                    diff = unchanged.get(d.type) if old.inputs == d.inputs else None
+                    diffs[d.urn] = self._diff(old, d) if diff is None else diff
+            return make_plan(stack, decls, current, diffs, run_id=run_id, prune=prune)
 
     def _diff(self, old: Record, d: Declaration) -> Diff:
         """The provider's diff, with its class-wide ``delete_before_replace`` (a local cluster
@@ -207,26 +211,12 @@ class Session:
         provider = self.provider(d.type)
         diff = provider.diff(old.inputs, d.inputs)
         if provider.delete_before_replace and not diff.delete_before_replace:
-            diff = dataclasses.replace(diff, delete_before_replace=True)
+            diff = _NO_DIFF_DELETE_FIRST if diff is NO_DIFF else dataclasses.replace(diff, delete_before_replace=True)
         return diff
 
     def _refresh_one(self, state: State, r: Record, write: bool) -> Record | None:
-        """Read a recorded resource back; None if it is gone. ``write`` records what was read
-        (refresh, under the lock); without it nothing is written (a preview, lock-free)."""
-        read = self.provider(r.type).read(r.id, r.inputs, r.outputs)
-        if read is None:
-            self.reporter.message(f"{r.urn} no longer exists (drift)")
-            if write:
-                SnapshotManager(state, r.stack, None, "refresh").gone(r)
-            return None
-        inputs, outputs = (read.inputs, read.outputs) if isinstance(read, Read) else (r.inputs, read)
-        if inputs != r.inputs or outputs != r.outputs:
-            if inputs != r.inputs:
-                self.reporter.message(f"{r.urn} changed out of band")
-            r = dataclasses.replace(r, inputs=inputs, outputs=outputs)
-            if write:
-                SnapshotManager(state, r.stack, None, "refresh").refreshed(r)
-        return r
+        """The plan's (and an image build's) read-back of one record: ``engine.refresh``."""
+        return refresh_one(self, state, r, write)
 
     # ------------------------------------------------------------------ the operations
     def preview(self, task, inputs: dict | None = None) -> Plan:
@@ -325,7 +315,7 @@ class Session:
             # the next command on the stack recovers them.
             state.update_run(run_id, status="tearing_down")
             try:
-                self._teardown(state, stack, run_id, nested=prep.nested, urns=[d.urn for d in prep.decls])
+                teardown_run(self, state, stack, run_id, nested=prep.nested, urns=[d.urn for d in prep.decls])
             except BaseException as e:
                 # Left 'tearing_down' on purpose: the next command on the stack finishes it.
                 error = f"{error + '; ' if error else ''}teardown failed: {error_text(e)}"
@@ -378,133 +368,22 @@ class Session:
             if mount_dir is not None:
                 shutil.rmtree(mount_dir, ignore_errors=True)
 
-    def _teardown(self, state: State, stack: str, run_id: str, nested: bool = False, urns=()) -> None:
-        if nested:  # its own declared resources, by key (see _plan); the caller handles the rest
-            records = [r for r in map(state.resource, urns) if r is not None and r.ephemeral]
-        else:
-            records = state.resources(stack, ephemeral=True)
-        mine = [r for r in records if r.run_id == run_id]
-        if not nested:  # old copies this run replaced and could not delete yet
-            mine += [r for r in state.pending_deletes(stack) if r.ephemeral and r.run_id == run_id]
-        if not nested:
-            # External jobs of crashed runs that this run could have resumed and did not ask
-            # for: stale now, so they go with this run's own resources.
-            mine += [r for r in records if r.options.resume_on_recover
-                     and r.run_id != run_id and (state.run(r.run_id) or {}).get("status") == "crashed"]
-        if mine:
-            plan = deletion_plan(stack, mine)
-            self.reporter.plan(plan, "teardown")
-            self._applier(state, stack, run_id).apply(plan)
-        if not nested and state.has_reusable(stack):
-            SnapshotManager(state, stack, run_id).touch_reusable()
-            spawn_reaper(self.state_path, stack)
-
-    # ------------------------------------------------------------------ Pulumi programs
+    # ------------------------------------------------------------------ stack-wide operations
     def program_declarations(self, target: str, stack: str | None = None):
-        from .program import declarations, find_project
-
-        project = find_project(target, stack)
-        decls = declarations(project)
-        for d in decls:
-            try:
-                d.inputs = self.provider(d.type).check(d.inputs)
-            except ConfigError as e:  # which of the program's resources: its name and type
-                err = ConfigError(f"resource {d.physical_name!r} ({d.type}) of stack {project.name}: {e}")
-                err.field = e.field
-                raise err from None
-        return project, decls
+        return program_runs.program_declarations(self, target, stack)
 
     def preview_program(self, target: str, stack: str | None = None) -> Plan:
-        project, decls = self.program_declarations(target, stack)
-        if not self.state_path.exists():
-            return make_plan(project.name, decls, [], {})
-        state = State.reader(self.state_path)
-        try:
-            return self._plan(state, project.name, decls, None)
-        finally:
-            state.close()
+        return program_runs.preview_program(self, target, stack)
 
     def up_program(self, target: str, stack: str | None = None) -> tuple[Plan, dict]:
         """Plan and apply a Pulumi program's resources; they persist (no teardown)."""
-        project, decls = self.program_declarations(target, stack)
-        state = self.open_state()
-        try:
-            with self.lock(project.name, f"up {target}", state):
-                self.recover(state, project.name)
-                run_id = new_run_id()
-                state.start_run(run_id, project.name, f"program {project.program}", kind="program")
-                try:
-                    plan = self._plan(state, project.name, decls, run_id)
-                    self._refuse_foreign(state, project.name, [s.old for s in plan.steps])
-                    self.reporter.plan(plan, "up")
-                    self._applier(state, project.name, run_id).apply(plan)
-                except BaseException as e:
-                    state.update_run(run_id, status="failed", finished=time.time(), error=error_text(e))
-                    raise
-                state.update_run(run_id, status="succeeded", finished=time.time())
-                return plan, state.run(run_id)
-        finally:
-            state.close()
+        return program_runs.up_program(self, target, stack)
 
     def destroy(self, stack: str) -> Plan:
-        state = self.open_state()
-        try:
-            with self.lock(stack, "destroy", state):
-                self.recover(state, stack)
-                records, theirs = foreign_records(state, state.resources(stack) + state.pending_deletes(stack),
-                                                  self.provider)
-                plan = deletion_plan(stack, records)
-                self.reporter.plan(plan, "destroy")
-                if plan.steps:
-                    run_id = new_run_id()
-                    state.start_run(run_id, stack, "destroy", kind="destroy", status="tearing_down")
-                    try:
-                        self._applier(state, stack, run_id, reason="destroy").apply(plan)
-                    except BaseException as e:
-                        state.update_run(run_id, status="failed", finished=time.time(), error=error_text(e))
-                        raise
-                    state.update_run(run_id, status="succeeded", finished=time.time())
-                if theirs:  # deleted what this host can reach; the rest is another host's
-                    self._refuse_foreign(state, stack, theirs)
-                return plan
-        finally:
-            state.close()
+        return destroy_stack(self, stack)
 
     def refresh(self, stack: str) -> list[Record]:
-        state = self.open_state()
-        try:
-            with self.lock(stack, "refresh", state):
-                self.recover(state, stack)
-                out = []
-                for r in state.resources(stack) + state.pending_deletes(stack):
-                    if self._foreign(state, r):
-                        self.reporter.message(f"{r.urn} ({r.id}) is a local process of host {r.host}: not read from here")
-                        out.append(r)
-                        continue
-                    r2 = self._refresh_one(state, r, write=True)
-                    if r2 is not None:
-                        out.append(r2)
-                return out
-        finally:
-            state.close()
-
-
-def spawn_reaper(state_path, stack: str) -> None:
-    """A detached process that destroys the stack's reusable resources once idle past their TTL.
-    For a PostgreSQL state its arguments carry the URL without the password (a command line is
-    public) and the runtime folder; the password goes in its environment, as PGPASSWORD."""
-    env = None
-    if isinstance(state_path, PgTarget):
-        args = [state_path.public, stack, str(state_path.runtime_dir)]
-        if state_path.password:
-            env = {**os.environ, "PGPASSWORD": state_path.password}
-    else:
-        args = [str(Path(state_path).resolve()), stack]
-    subprocess.Popen(
-        [sys.executable, "-m", "engine.reaper", *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True, cwd=os.getcwd(), env=env,
-    )
+        return refresh_stack(self, stack)
 
 
 _default_session: Session | None = None

@@ -114,6 +114,7 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
     by_urn = {r.urn: r for r in recorded}
     steps: list[Step] = []
     seen: set[str] = set()
+    delete_first: list[str] = []  # URNs replaced delete-first: their dependents follow them
     for d in desired:
         if d.urn in seen:
             raise ConfigError(f"two resources declare the URN {d.urn}", "urn")
@@ -138,19 +139,23 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
             d, changed = _ignore_changes(old, d, changed)
         if old.type != d.type:
             changed = changed or [TYPE_PATH]
+        if not changed:  # first: a no-change plan of 100,000 is all this branch
+            meta = option_changes(old, d)
+            steps.append(Step("options", d.urn, d.type, new=d, old=old, changes=meta) if meta
+                         else Step("same", d.urn, d.type, new=d, old=old))
+            continue
         changes = [Change(p, paths.get(old.inputs, p), paths.get(d.inputs, p)) for p in changed]
         replace_on = (paths.patterns(d.options.replace_on_changes, "options.replace_on_changes", d.urn)
                       if d.options.replace_on_changes else ())
         replace = tuple(p for p in changed
                         if p in diff.replace_keys or p == TYPE_PATH or paths.covered(p, replace_on))
-        if not changed:
-            meta = option_changes(old, d)
-            steps.append(Step("options", d.urn, d.type, new=d, old=old, changes=meta) if meta
-                         else Step("same", d.urn, d.type, new=d, old=old))
-        elif replace:
+        if replace:
             _refuse_if_protected(old, "replace")
+            first = d.options.delete_before_replace or diff.delete_before_replace
             steps.append(Step("replace", d.urn, d.type, new=d, old=old, changes=changes, replace_keys=replace,
-                              delete_before_replace=d.options.delete_before_replace or diff.delete_before_replace))
+                              delete_before_replace=first))
+            if first:
+                delete_first.append(d.urn)
         else:
             steps.append(Step("update", d.urn, d.type, new=d, old=old, changes=changes))
     if prune:
@@ -158,7 +163,47 @@ def plan(stack: str, desired: list[Declaration], recorded: list[Record], diffs: 
             if r.urn not in seen and not (r.options.resume_on_recover and r.run_id != run_id):
                 _refuse_if_protected(r, "delete")
                 steps.append(Step("delete", r.urn, r.type, old=r))
-    return Plan(stack, steps)
+    return Plan(stack, _follow_delete_first_replaces(steps, by_urn, delete_first) if delete_first else steps)
+
+
+# Steps of a resource that stays declared, and so can follow a delete-first replacement.
+_FOLLOWERS = ("same", "update", "options", "replace")
+
+
+def _follow_delete_first_replaces(steps: list[Step], recorded: dict[str, Record], roots: list[str]) -> list[Step]:
+    """Pulumi's dependent replacements (``calculateDependentReplacements``). The old copy of a
+    resource replaced delete-first is gone before its replacement exists, so a declared resource
+    recorded as depending on it or sitting under it, directly or through another such, would name
+    a deleted resource (for good, were the create to fail). Each is replaced delete-first too: the
+    applier deletes them dependents first, before it, and creates them again after it. Pulumi also
+    asks the provider whether the dependent's inputs force a replacement; a dependency recorded
+    here has no property path, so every dependent is replaced. (A dependent no longer declared is
+    simply deleted before it: the applier's rule.)"""
+    dependents: dict[str, list[str]] = {}
+    for r in recorded.values():
+        for on in (*r.deps, *((r.parent,) if r.parent else ())):
+            dependents.setdefault(on, []).append(r.urn)
+    follows: dict[str, str] = {}  # a dependent's URN -> the replaced resource it depends on
+    seen, todo = set(roots), list(roots)
+    while todo:  # bounded: each recorded URN is queued at most once
+        on = todo.pop()
+        for urn in dependents.get(on, ()):
+            if urn not in seen:
+                seen.add(urn)
+                follows[urn] = on
+                todo.append(urn)
+    if not follows:
+        return steps
+    out = []
+    for s in steps:
+        on = follows.get(s.urn)
+        if on is None or s.op not in _FOLLOWERS or s.old is None:
+            out.append(s)
+            continue
+        why = f"depends on {on.rsplit('::', 1)[-1]}, which is replaced delete-first"
+        _refuse_if_protected(s.old, "replace", f"depends on {on}, which is replaced delete-first")
+        out.append(dataclasses.replace(s, op="replace", delete_before_replace=True, reason=why))
+    return out
 
 
 # Read from the declaration at every plan, never from the record: changing them alone changes nothing.
@@ -202,10 +247,11 @@ def _resumable(old: Record, d: Declaration, diff: Diff | None) -> bool:
     return old.options.resume_on_recover and d.options.resume_on_recover and not (diff and diff.changed)
 
 
-def _refuse_if_protected(rec: Record, op: str) -> None:
+def _refuse_if_protected(rec: Record, op: str, why: str | None = None) -> None:
     if rec.options.protect:
         raise ConfigError(
-            f"{rec.urn} is protected and the plan would {op} it; set protect=False on it first",
+            f"{rec.urn} is protected and the plan would {op} it{f' (it {why})' if why else ''}; "
+            f"set protect=False on it first",
             "options.protect",
         )
 

@@ -39,14 +39,15 @@ ACTIVE = ("provisioning", "running", "tearing_down")
 def foreign_host(state: State, type_: str, host: str | None, providers) -> str | None:
     """The other host that owns a row of ``type_`` recorded by ``host``, or None when this
     engine may act on it: a file state (one machine), an unknown recorder, this host, or a
-    provider whose things any machine reaches."""
-    if state.pg is None or not host or host == this_host():
+    provider whose things any machine reaches. (The provider is asked before the host name is
+    read: ``up`` asks this of every step, 100,000 of them on a large stack.)"""
+    if state.pg is None or not host:
         return None
     try:
         provider = providers(type_)
     except Exception:  # noqa: BLE001 - an uninstalled provider: nothing to decide here
         return None
-    return host if getattr(provider, "host_local", False) else None
+    return host if getattr(provider, "host_local", False) and host != this_host() else None
 
 
 def foreign_records(state: State, records, providers) -> tuple[list[Record], list[Record]]:

@@ -4,7 +4,8 @@ Pulumi's deploy package gives every step its own type (``step.go``: CreateStep, 
 ReplaceStep, DeleteStep, SameStep, ReadStep); here too, so the rule for one kind of change,
 forward and in recovery, lives in one class. The journal knows four ops: ``create``,
 ``update``, ``delete`` and ``options``; a replacement is a create of the new copy and a delete
-of the old one, in the order the provider or the options ask for.
+of the old one, in the order the provider or the options ask for (the applier schedules the two;
+a delete-first one's dependents are deleted before it and created after it).
 
 Every row change goes through the SnapshotManager; a step never touches the state itself.
 """
@@ -307,17 +308,20 @@ class UpdateStep(StepKind):
 
 
 class ReplaceStep(StepKind):
-    """Delete-before-replace (the provider's or the option's): delete, then create under the same
-    name. Create-before-delete: the replacement under a suffixed name; the old copy is pending
-    deletion from then on, and its delete is scheduled after every create and update (so that
-    dependents point at the new copy before the old one goes): ``ReplacedDeleteStep``."""
+    """The new copy of a replaced resource. Delete-before-replace (the provider's, the option's,
+    or a dependent's of such a one): created under the same name (``delete_first_name``), once
+    the old copy's delete, a ``DeleteStep`` of its own that the applier runs first (its
+    dependents' before it), is done.
+    Create-before-delete: the replacement under a suffixed name; the old copy is pending deletion
+    from then on, and its delete is scheduled after every create and update (so that dependents
+    point at the new copy before the old one goes): ``ReplacedDeleteStep``. Either way the
+    journal holds a create and a delete, each settled by its own rule."""
 
     op = "replace"
 
     def apply(self, ctx, step):
         if step.delete_before_replace:
-            delete(ctx, step.old, "replace")
-            return create(ctx, step.new, step.new.physical_name)
+            return create(ctx, step.new, delete_first_name(step.new, step.old))
         return create(ctx, step.new, replacement_name(step.new, step.old), replaces=step.old)
 
 
@@ -329,6 +333,17 @@ def replacement_name(d: Declaration, old: Record) -> str:
         suffix = hashlib.sha1((name + old.id).encode()).hexdigest()[:6]
         name = f"{d.physical_name}-{suffix}"
     return name
+
+
+def delete_first_name(d: Declaration, old: Record) -> str:
+    """The name a delete-first replacement is created under: the declared one, unless the old
+    copy was itself a create-before-delete copy (``replacement_name``; a dependent replaced
+    delete-first with what it depends on): then that copy's name, free once it is deleted, since
+    the declared name may still be held by an older copy pending deletion."""
+    base, _, suffix = old.id.rpartition("-")
+    if base == d.physical_name and len(suffix) == 6 and all(c in "0123456789abcdef" for c in suffix):
+        return old.id
+    return d.physical_name
 
 
 class ReplacedDeleteStep(StepKind):

@@ -26,9 +26,14 @@ if ! command -v podman >/dev/null || ! command -v buildah >/dev/null; then
   echo "installing podman and buildah" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  # runc and conmon come as dependencies; recommends (slirp4netns, fuse-overlayfs, ...) are not needed as root
-  apt-get install -y -q --no-install-recommends podman buildah
+  # conmon comes as a dependency; recommends (slirp4netns, fuse-overlayfs, ...) are not needed as root
+  apt-get install -y -q --no-install-recommends podman buildah runc
 fi
+# runc, not Debian's default crun: crun refuses every RUN step on a host with cgroups in hybrid mode
+# (v1 controllers plus a cgroup2 mount, as some machines here boot: "cgroups in hybrid mode not
+# supported"); runc runs on v1, hybrid and v2 alike.
+command -v runc >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends runc; }
+runc=$(command -v runc)
 
 mkdir -p "$store"
 write_conf() {  # $1: storage driver
@@ -46,6 +51,7 @@ EOF
 netns = "host"
 
 [engine]
+runtime = "$runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "$store/events.log"

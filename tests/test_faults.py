@@ -24,11 +24,18 @@ pytestmark = pytest.mark.slow
 KILLED = -signal.SIGKILL
 
 
-def thing(name, type_="thing", **inputs):
-    return {"name": name, "type": type_, "inputs": inputs}
+def thing(name, type_="thing", deps=(), **inputs):
+    return {"name": name, "type": type_, "inputs": inputs, "deps": list(deps)}
 
 
-# kind -> (the prior declaration, the changed one, the (op, point) kill points of its change)
+# A delete-first replacement with a dependent (Pulumi's order): the dependent's delete, the
+# solo's, the solo's create, the dependent's create. Each point is (op, point, the how-manieth
+# such point of the engine's, a substring of the provider's id).
+DEPENDENT_POINTS = [(op, point, n, name) for op, order in (("delete", ("dep", "solo")), ("create", ("solo", "dep")))
+                    for n, name in enumerate(order, 1) for point in ("before", "after")]
+
+# kind -> (the prior declaration, the changed one, the kill points of its change: (op, point),
+# or (op, point, n, id) where the change makes more than one call of that op)
 CASES = {
     "create": ([], [thing("a", size=1)], [("create", "before"), ("create", "after")]),
     "update": ([thing("a", size=1)], [thing("a", size=2)], [("update", "before"), ("update", "after")]),
@@ -38,6 +45,12 @@ CASES = {
     "replace-delete-before-replace": (
         [thing("s", "solo", zone="a")], [thing("s", "solo", zone="b")],
         [("delete", "before"), ("delete", "after"), ("create", "before"), ("create", "after")]),
+    "replace-delete-before-replace-with-a-dependent": (
+        [thing("solo", "solo", zone="a"), thing("dep", deps=["solo"], size=1)],
+        [thing("solo", "solo", zone="b"), thing("dep", deps=["solo"], size=1)], DEPENDENT_POINTS),
+    "replace-delete-before-replace-with-a-changed-dependent": (
+        [thing("solo", "solo", zone="a"), thing("dep", deps=["solo"], size=1)],
+        [thing("solo", "solo", zone="b"), thing("dep", deps=["solo"], size=2)], DEPENDENT_POINTS),
     "delete": ([thing("a", size=1), thing("b", size=1)], [thing("a", size=1)],
                [("delete", "before"), ("delete", "after")]),
     "options-only": ([thing("a", size=1)], [{**thing("a", size=1), "options": {"retain_on_delete": True}}],
@@ -47,10 +60,13 @@ CASES = {
 
 def _params():
     for kind, (_, _, points) in CASES.items():
-        for op, point in points:
-            yield pytest.param(kind, "engine", op, point, id=f"{kind}-engine-{op}:{point}")
+        for op, point, *which in points:
+            at = f"{op}:{point}" + (f":{which[1]}" if which else "")
+            nth = f"{op}:{point}" + (f":{which[0]}" if which else "")
+            yield pytest.param(kind, {"TASKRIG_FAULT_KILL": nth}, id=f"{kind}-engine-{at}")
             if op != "options":  # no provider call to die in
-                yield pytest.param(kind, "provider", op, point, id=f"{kind}-provider-{op}:{point}")
+                provider = f"{op}:{point}" + (f":store-{which[1]}" if which else "")
+                yield pytest.param(kind, {"STORE_KILL": provider}, id=f"{kind}-provider-{at}")
 
 
 def _urn(item) -> str:
@@ -67,7 +83,7 @@ def _matches(store: Store, item, rows: dict) -> bool:
     if live is None or live["inputs"] != item["inputs"]:
         return False
     wanted = {"retain_on_delete": False, "protect": False, **(item.get("options") or {})}
-    shown = store.json("state", "show", _urn(item))["options"]
+    shown = store.read("state", "show", _urn(item))["options"]
     return all(shown[k] == v for k, v in wanted.items())
 
 
@@ -86,16 +102,19 @@ def _assert_plan_is_the_remaining_difference(store: Store, target: list) -> None
 
 @pytest.fixture
 def store(engine, tmp_path):
-    return Store(engine, tmp_path)
+    """Reads (``state list``/``show``, ``preview``) in this process, by the CLI's own command:
+    ``test_the_reads_made_here_are_the_clis`` checks them against the CLI's process."""
+    store = Store(engine, tmp_path, reads_in_process=True)
+    yield store
+    store.close()
 
 
-@pytest.mark.parametrize("kind,mechanism,op,point", list(_params()))
-def test_a_step_killed_at_any_point_recovers_to_the_truth(store, kind, mechanism, op, point):
+@pytest.mark.parametrize("kind,kill", list(_params()))
+def test_a_step_killed_at_any_point_recovers_to_the_truth(store, kind, kill):
     prior, target, _ = CASES[kind]
     if prior:
         r = store.up(prior)
         assert r.returncode == 0, r.stderr
-    kill = {"TASKRIG_FAULT_KILL": f"{op}:{point}"} if mechanism == "engine" else {"STORE_KILL": f"{op}:{point}"}
     r = store.up(target, **kill)
     assert r.returncode == KILLED, (r.returncode, r.stderr[-2000:])
 
@@ -113,3 +132,19 @@ def test_a_step_killed_at_any_point_recovers_to_the_truth(store, kind, mechanism
     assert all(_matches(store, i, rows) for i in target)
     # No create was issued for something that exists: the provider logs and refuses one, which
     # assert_truthful checks (a create killed before it acted is rightly issued again).
+
+
+def test_the_reads_made_here_are_the_clis(store):
+    """The table reads the state in the test's process; the CLI's process reads the same: right
+    after a kill (an open intent, the replaced copy pending deletion), after the recovery, and
+    after the next up."""
+    prior, target, _ = CASES["replace-create-before-delete"]
+    assert store.up(prior).returncode == 0
+    r = store.up(target, TASKRIG_FAULT_KILL="delete:before")
+    assert r.returncode == KILLED, (r.returncode, r.stderr[-2000:])
+    assert [r["pending_delete"] for r in store.json("state", "list")] == [False, True]
+    store.assert_cli_agrees(target)
+    assert store("refresh", "store").returncode == 0
+    store.assert_cli_agrees(target)
+    assert store.up(target).returncode == 0
+    store.assert_cli_agrees(target)

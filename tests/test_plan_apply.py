@@ -186,3 +186,159 @@ def test_apply_registers_the_thread_pools_fork_hooks_before_any_run():
     code = "import sys, engine.apply; print('concurrent.futures.thread' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
+
+
+# ---------------------------------------------------------------------- delete-first replacements
+class FailOne(Store):
+    """Refuses one (op, name) only, so that a replacement's delete can succeed and its create fail."""
+
+    def __init__(self):
+        super().__init__()
+        self.refuse: set[tuple[str, str]] = set()
+
+    def _enter(self, op, name):
+        super()._enter(op, name)
+        if (op, name) in self.refuse:
+            raise RuntimeError(f"{op} of {name} refused")
+
+
+def _chain(zone, root_deps=()):
+    """root (replaced delete-first) <- mid <- leaf, and other beside them."""
+    return [decl("root", {"zone": zone}, deps=root_deps, delete_before_replace=True),
+            decl("mid", {"n": 1}, deps=["root"]), decl("leaf", {"n": 1}, deps=["mid"]), decl("other", {"n": 1})]
+
+
+def _replan(state, prov, desired):
+    rec = state.resources("s")
+    return plan("s", desired, rec, diffs_for(prov, desired, rec))
+
+
+def _assert_no_dangling_dependency(state):
+    urns = {r.urn for r in state.resources("s")}
+    for r in state.resources("s"):
+        assert set(r.deps) <= urns, (r.urn, r.deps, urns)
+
+
+def test_a_delete_first_replacement_replaces_its_dependents_around_it(state):
+    """Pulumi's order: the dependents' deletes (dependents first), the old copy's, the create,
+    then the dependents' creates (dependency order); the plan shows each as a replacement that
+    names what it follows."""
+    prov = Store()
+    apply(state, prov, plan("s", _chain("x"), [], {}))
+    p = _replan(state, prov, _chain("y"))
+    steps = {s.urn.rsplit("::", 1)[1]: s for s in p.steps}
+    assert {n: s.op for n, s in steps.items()} == {"root": "replace", "mid": "replace", "leaf": "replace",
+                                                   "other": "same"}
+    assert steps["root"].reason is None and steps["root"].replace_keys == (("zone",),)
+    assert steps["mid"].reason == "depends on root, which is replaced delete-first"
+    assert steps["leaf"].reason == "depends on mid, which is replaced delete-first"
+    assert all(steps[n].delete_before_replace for n in ("root", "mid", "leaf"))
+    prov.calls.clear()
+    apply(state, prov, p)
+    assert prov.calls == [("delete", "leaf"), ("delete", "mid"), ("delete", "root"),
+                          ("create", "root"), ("create", "mid"), ("create", "leaf")]
+    assert prov.things["root"] == {"zone": "y"}
+    _assert_no_dangling_dependency(state)
+    assert not _replan(state, prov, _chain("y")).has_changes
+
+
+def test_a_failed_delete_first_create_skips_its_dependents_creates(state):
+    """The create that replaces the deleted copy fails: the dependents, deleted before it, are
+    not created again, so no row names a resource that does not exist; the next apply makes all."""
+    prov = FailOne()
+    apply(state, prov, plan("s", _chain("x"), [], {}))
+    prov.refuse.add(("create", "root"))
+    prov.calls.clear()
+    with pytest.raises(ProviderError, match="replace of urn:engine:s::test:store:Thing::root failed.*create of root"):
+        apply(state, prov, _replan(state, prov, _chain("y")))
+    assert [c for c in prov.calls if c[1] != "other"] == [("delete", "leaf"), ("delete", "mid"), ("delete", "root"),
+                                                          ("create", "root")]
+    assert sorted(prov.things) == ["other"]
+    assert [r.urn.rsplit("::", 1)[1] for r in state.resources("s")] == ["other"]
+    _assert_no_dangling_dependency(state)
+    prov.refuse.clear()
+    p = _replan(state, prov, _chain("y"))
+    assert {s.urn.rsplit("::", 1)[1]: s.op for s in p.steps} == {"root": "create", "mid": "create",
+                                                                 "leaf": "create", "other": "same"}
+    apply(state, prov, p)
+    assert sorted(prov.things) == ["leaf", "mid", "other", "root"]
+    _assert_no_dangling_dependency(state)
+
+
+def test_the_old_copy_goes_only_once_what_its_replacement_depends_on_is_done(state):
+    """As Pulumi deletes it when the resource registers: a dependency that fails leaves it."""
+    prov = FailOne()
+    apply(state, prov, plan("s", _chain("x"), [], {}))
+    prov.refuse.add(("create", "new"))
+    desired = [decl("new", {}), *_chain("y", root_deps=["new"])]
+    prov.calls.clear()
+    with pytest.raises(ProviderError, match="create of urn:engine:s::test:store:Thing::new failed"):
+        apply(state, prov, _replan(state, prov, desired))
+    assert ("delete", "root") not in prov.calls and prov.things["root"] == {"zone": "x"}
+    _assert_no_dangling_dependency(state)
+    prov.refuse.clear()
+    prov.calls.clear()
+    apply(state, prov, _replan(state, prov, desired))
+    assert prov.calls.index(("create", "new")) < prov.calls.index(("delete", "root"))
+    assert prov.calls.index(("delete", "mid")) < prov.calls.index(("delete", "root"))
+    _assert_no_dangling_dependency(state)
+
+
+def test_chained_delete_first_replacements_and_a_dependent_no_longer_declared(state):
+    """Two delete-first replacements, one on the other, and a dependent that goes: no cycle,
+    everything that names the first goes before it."""
+    prov = Store()
+    first = [decl("base", {"zone": "x"}, delete_before_replace=True),
+             decl("top", {"zone": "x"}, deps=["base"], delete_before_replace=True),
+             decl("gone", {}, deps=["top"]), decl("kept", {"n": 1}, deps=["top"])]
+    apply(state, prov, plan("s", first, [], {}))
+    second = [decl("base", {"zone": "y"}, delete_before_replace=True),
+              decl("top", {"zone": "y"}, deps=["base"], delete_before_replace=True),
+              decl("kept", {"n": 2}, deps=["top"])]
+    p = _replan(state, prov, second)
+    steps = {s.urn.rsplit("::", 1)[1]: s for s in p.steps}
+    assert {n: s.op for n, s in steps.items()} == {"base": "replace", "top": "replace", "kept": "replace",
+                                                   "gone": "delete"}
+    assert steps["kept"].reason == "depends on top, which is replaced delete-first"
+    assert [(c.path, c.old, c.new) for c in steps["kept"].changes] == [(("n",), 1, 2)]
+    prov.calls.clear()
+    apply(state, prov, p)
+    calls = prov.calls
+    deletes = [n for op, n in calls if op == "delete"]
+    assert deletes.index("base") == 3 and deletes.index("top") == 2  # after gone and kept, in either order
+    assert [n for op, n in calls if op == "create"] == ["base", "top", "kept"]
+    assert calls.index(("delete", "base")) < calls.index(("create", "base"))
+    _assert_no_dangling_dependency(state)
+    assert not _replan(state, prov, second).has_changes
+
+
+def test_a_protected_dependent_refuses_the_plan_naming_both(state):
+    prov = Store()
+    desired = [decl("root", {"zone": "x"}, delete_before_replace=True), decl("dep", {}, deps=["root"], protect=True)]
+    apply(state, prov, plan("s", desired, [], {}))
+    desired[0] = decl("root", {"zone": "y"}, delete_before_replace=True)
+    with pytest.raises(ConfigError, match=r"Thing::dep is protected and the plan would replace it \(it depends on "
+                                          r"urn:engine:s::test:store:Thing::root, which is replaced delete-first\)"):
+        _replan(state, prov, desired)
+
+
+def test_a_dependent_replaced_delete_first_keeps_its_copys_name_when_an_older_copy_holds_the_plain_one(state):
+    """The dependent was last replaced create-before-delete and its older copy's delete was refused
+    (still pending deletion, holding the plain name): recreated under its current copy's name, never
+    as a second object under the plain one."""
+    prov = FailOne()
+    desired = [decl("root", {"zone": "x"}, delete_before_replace=True), decl("dep", {"zone": "x"}, deps=["root"])]
+    apply(state, prov, plan("s", desired, [], {}))
+    prov.refuse.add(("delete", "dep"))
+    desired[1] = decl("dep", {"zone": "y"}, deps=["root"])
+    with pytest.raises(ProviderError, match="delete of urn:engine:s::test:store:Thing::dep failed"):
+        apply(state, prov, _replan(state, prov, desired))
+    [copy] = [r.id for r in state.resources("s") if r.urn.endswith("::dep")]
+    assert copy != "dep" and [r.id for r in state.pending_deletes("s")] == ["dep"]
+    desired[0] = decl("root", {"zone": "y"}, delete_before_replace=True)
+    prov.calls.clear()
+    apply(state, prov, _replan(state, prov, desired))
+    assert prov.calls == [("delete", copy), ("delete", "root"), ("create", "root"), ("create", copy)]
+    assert sorted(prov.things) == sorted(["dep", copy, "root"])
+    assert [r.id for r in state.pending_deletes("s")] == ["dep"]
+    _assert_no_dangling_dependency(state)

@@ -31,7 +31,12 @@ KILLED = -signal.SIGKILL
 
 @pytest.fixture
 def store(engine, tmp_path):
-    return Store(engine, tmp_path)
+    """Reads (``state list``/``show``, ``preview``, ``runs``) in this process, by the CLI's own
+    command; a kill, a recovery, an up are the CLI's processes. One test checks the reads
+    against the CLI's process (``Store.assert_cli_agrees``)."""
+    store = Store(engine, tmp_path, reads_in_process=True)
+    yield store
+    store.close()
 
 
 def _kill_env(mechanism: str, op: str, point: str) -> dict:
@@ -133,7 +138,7 @@ def test_orphan_sweep_deletes_reusable_things_whose_rows_were_lost_and_never_an_
     assert set(store.live()) == {"store-foreign"}, r.stderr
     assert store.recorded() == []
     assert engine.journal_open() == []
-    assert [run["status"] for run in engine.runs()] == ["succeeded", "crashed"]
+    assert [run["status"] for run in store.runs()] == ["succeeded", "crashed"]
 
 
 # ---------------------------------------------------------------------- updates
@@ -177,9 +182,10 @@ def test_create_returning_late_within_the_grace_is_recorded_and_fails_the_step(s
     r = store.up(spec, STORE_CREATE_SECONDS="1.6")
     assert r.returncode == 1, r.stderr
     assert "timeout" in r.stderr
-    assert engine.runs()[-1]["status"] == "failed"
+    assert store.runs()[-1]["status"] == "failed"
     assert set(store.live()) == {"store-a"}
     store.assert_truthful()  # recorded, although the step failed
+    store.assert_cli_agrees(spec)  # a failed run, a row recorded past its timeout: the CLI reads the same
     assert store.ops(spec) == {"a": "same"}
     r = store.up(spec)
     assert r.returncode == 0, r.stderr
@@ -196,7 +202,7 @@ def test_create_outliving_the_grace_stays_open_and_the_next_command_settles_it(s
     r = store.up(spec, STORE_CREATE_SECONDS="8")
     assert r.returncode == 1, r.stderr
     assert time.monotonic() - t0 < 7, "the run should give up after its timeout and grace"
-    assert engine.runs()[-1]["status"] == "failed"
+    assert store.runs()[-1]["status"] == "failed"
     [(op, _urn, name)] = engine.journal_open()
     assert op == "create" and set(store.live()) == {name}
     r = store("refresh", "store")
@@ -299,8 +305,8 @@ def test_schema_1_file_migrates_and_plans_same(tmp_path, store):
     st = State(path)
     st.close()
     after = _dump_rows(path)
-    assert after["version"] == "3"
-    assert "pending_deletes" in after["tables"]
+    assert after["version"] == "4"
+    assert {"pending_deletes", "stack_usage"} <= after["tables"]
     conn = sqlite3.connect(path)
     # The host of a row an older engine wrote is its run's host (a reusable row's run is unknown).
     missing = conn.execute("select count(*) from journal j join runs r on r.run_id = j.run_id "
@@ -341,4 +347,4 @@ def test_interrupted_migration_leaves_version_1_intact(tmp_path):
     conn.execute("drop trigger stop_migration")
     conn.close()
     State(path).close()
-    assert _dump_rows(path)["version"] == "3"
+    assert _dump_rows(path)["version"] == "4"

@@ -298,6 +298,7 @@ def _fill(path: Path) -> None:
         new = Record(**{**old.__dict__, "id": old.id + "-2"})
         snap.created(snap.begin("create", new.urn, new.type, new.id), new, replaces=old)
         snap.begin("delete", new.urn, new.type, new.id)  # left open: a dead run's intent
+        snap.touch_reusable(time.time() + 0.987654321)  # the stack's last use (schema 4)
         st.update_run(f"r{i}b", error="boom")
     st.close()
 
@@ -314,7 +315,8 @@ def test_migrate_sqlite_to_postgres_and_back_is_equal_row_for_row(engine, pgcli,
     src = tmp_path / "src.db"
     _fill(src)
     before = _dump(State.reader(src))
-    assert {t: len(r) for t, r in before.items()} == {"runs": 4, "resources": 6, "pending_deletes": 2, "journal": 10}
+    assert {t: len(r) for t, r in before.items()} == {"runs": 4, "resources": 6, "pending_deletes": 2, "journal": 10,
+                                                          "stack_usage": 2}
     r = engine("state", "migrate", "--state", str(src), "--to", pgcli.url, "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)

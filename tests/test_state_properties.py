@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.extend import NotFound, Options, Provider, ProviderRegistry, make_urn
@@ -98,7 +98,9 @@ class Single(Item):
 ProviderRegistry.register(Item, override=True)
 ProviderRegistry.register(Single, override=True)
 
-TYPES = {"a": Item, "b": Item, "c": Single, "d": Item}
+# b and c are replaced delete-first: c may depend on b (a chain of them), d on either (a
+# dependent replaced with them), a and d create-before-delete.
+TYPES = {"a": Item, "b": Single, "c": Single, "d": Item}
 
 
 def _declarations(graph: dict) -> list[Declaration]:
@@ -125,10 +127,9 @@ def _apply(session: Session, state: State, graph: dict) -> None:
     state.update_run(run_id, status="succeeded", finished=time.time())
 
 
-def _check(state: State, replacing: set[str] = frozenset()) -> None:
-    """The invariant. ``replacing``: URNs replaced delete-first whose new create failed in this
-    step; a kept dependent may still name one (as in Pulumi, a dependent keeps its reference
-    while its dependency is replaced delete-first), until the next successful apply."""
+def _check(state: State) -> None:
+    """The invariant, with no exception: even when a create that replaces a resource delete-first
+    fails, no row names it (its dependents were deleted before it and are not created again)."""
     rows = state.resources(STACK)
     pending = state.pending_deletes(STACK)
     recorded = [r.id for r in rows + pending]
@@ -144,7 +145,7 @@ def _check(state: State, replacing: set[str] = frozenset()) -> None:
         assert not any(p.id == r.id for p in rows)
     live_urns = set(urns)
     for r in rows:
-        assert set(r.deps) <= live_urns | replacing, f"{r.urn} depends on unrecorded {set(r.deps) - live_urns}"
+        assert set(r.deps) <= live_urns, f"{r.urn} depends on unrecorded {set(r.deps) - live_urns}"
     assert state.open_intents(STACK) == []
     assert WORLD.duplicates == []
 
@@ -172,9 +173,28 @@ failures = st.sets(st.tuples(st.sampled_from(["create", "update", "delete"]), st
 steps = st.lists(st.tuples(graphs(), failures), min_size=1, max_size=6)
 
 
+def _spec(zone="x", deps=(), size=1, protect=False) -> dict:
+    return {"size": size, "zone": zone, "deps": list(deps), "protect": protect}
+
+
+# Delete-first replacements whose create fails, with dependents kept, changed or replaced: the
+# random search reaches these rarely (a replacement, a dependent and that one failure at once),
+# so they always run.
+DELETE_FIRST_CREATE_FAILS = [
+    [({"c": _spec(), "d": _spec(deps=["c"])}, set()), ({"c": _spec("y"), "d": _spec(deps=["c"])}, {("create", "c")})],
+    [({"b": _spec(), "c": _spec(deps=["b"]), "d": _spec(deps=["c"])}, set()),
+     ({"b": _spec("y"), "c": _spec(deps=["b"]), "d": _spec("y", deps=["c"], size=2)}, {("create", "b")})],
+    [({"a": _spec(), "c": _spec(deps=["a"]), "d": _spec(deps=["a", "c"])}, set()),
+     ({"a": _spec("y"), "c": _spec("y", deps=["a"]), "d": _spec(deps=["c"], size=3)}, {("create", "c")})],
+]
+
+
 @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(steps)
+@example(DELETE_FIRST_CREATE_FAILS[0])
+@example(DELETE_FIRST_CREATE_FAILS[1])
+@example(DELETE_FIRST_CREATE_FAILS[2])
 def test_random_graph_sequences_with_failures_keep_the_state_true(sequence):
     WORLD.objects.clear()
     WORLD.duplicates.clear()
@@ -193,8 +213,7 @@ def test_random_graph_sequences_with_failures_keep_the_state_true(sequence):
                     ok = False
                 finally:
                     WORLD.fail = set()
-                _check(state, set() if ok else {make_urn(STACK, Single.type_token, n) for op, n in fail
-                                                 if op == "create" and TYPES[n] is Single})
+                _check(state)
                 if ok:
                     plan = session._plan(state, STACK, _declarations(graph), None)
                     assert not plan.has_changes, [(s.op, s.urn, [c.path for c in s.changes]) for s in plan.steps]

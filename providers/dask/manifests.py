@@ -51,7 +51,7 @@ def dask_cluster(config: Dask, t: Target) -> dict:
             {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": {"httpGet": {"port": "http-dashboard", "path": "/health"},
-                           "initialDelaySeconds": 5, "periodSeconds": 10},
+                           "initialDelaySeconds": 1, "periodSeconds": 2},
         "resources": container_resources(s_res),
     }
     threads = w_res.threads() if w_res is not None else 1

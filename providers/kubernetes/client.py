@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.extend import ConfigError, NotFound
@@ -52,6 +52,7 @@ class Cluster:
     api: Any
     url: str
     source: str  # "kubeconfig PATH (context C)" or "in-cluster service account"
+    _plurals: dict = field(default_factory=dict, repr=False)  # API group -> its kinds (discovery)
 
     # ---------------------------------------------------------------- raw JSON calls
     def _call(self, what: str, fn, *args, ok404: bool = False, **kw) -> Any:
@@ -98,12 +99,61 @@ class Cluster:
                           force=True, _content_type=APPLY)
 
     def delete(self, group, version, plural, namespace, name) -> None:
-        """Foreground: the object stays (deleting) until the garbage collector has removed what
-        its operator made for it, so "gone" means the pods and Services too, and a replacement
-        of the same name never meets the old one's Deployments (which an operator that creates
-        only what is missing would take for its own)."""
+        """Background propagation: the object goes at once and the garbage collector removes
+        what its operator made for it in parallel. (Foreground took 15 to 75 s for a DaskCluster
+        here: the collector requeues the owner with a growing backoff while each level of
+        dependents drains.) The caller waits for those dependents with ``dependents``."""
         self._call(f"delete {plural}/{name} in {namespace}", self.api.delete_namespaced_custom_object,
-                   group, version, namespace, plural, name, propagation_policy="Foreground")
+                   group, version, namespace, plural, name, propagation_policy="Background")
+
+    def dependents(self, namespace: str, uids: set[str], group: str) -> dict[str, str]:
+        """What in ``namespace`` is one of ``uids`` or owned by one of them, directly or through
+        other owned objects (uid -> kind/name): pods, Services, the workload controllers, and
+        the custom objects of the owner's own API group (a DaskCluster's DaskWorkerGroup, a
+        RayJob's RayCluster). A deleting caller passes every uid it has seen so far: once an
+        intermediate owner (a ReplicaSet) is gone, its pods can only be known by uid. Until this
+        is empty a replacement of the same name would meet the old one's Deployments, which an
+        operator that creates only what is missing takes for its own."""
+        from kubernetes import client
+
+        core, apps = client.CoreV1Api(self.api.api_client), client.AppsV1Api(self.api.api_client)
+        batch = client.BatchV1Api(self.api.api_client)
+        lists = [("Pod", core.list_namespaced_pod), ("Service", core.list_namespaced_service),
+                 ("Deployment", apps.list_namespaced_deployment), ("ReplicaSet", apps.list_namespaced_replica_set),
+                 ("StatefulSet", apps.list_namespaced_stateful_set), ("Job", batch.list_namespaced_job)]
+        found = [(kind, self._call(f"list {kind}s in {namespace}", fn, namespace)) for kind, fn in lists]
+        for version, plural in self._group_plurals(group):
+            found.append((plural, self._call(f"list {plural} in {namespace}", self.api.list_namespaced_custom_object,
+                                             group, version, namespace, plural)))
+        owners: dict[str, list[str]] = {}
+        names: dict[str, str] = {}
+        for kind, out in found:
+            for obj in (out or {}).get("items", []):
+                meta = obj.get("metadata") or {}
+                owners[meta.get("uid")] = [o.get("uid") for o in meta.get("ownerReferences") or []]
+                names[meta.get("uid")] = f"{obj.get('kind') or kind}/{meta.get('name')}"
+
+        def owned(u: str, seen: frozenset = frozenset()) -> bool:
+            return u in uids or any(o in uids or (o in owners and o not in seen and owned(o, seen | {u}))
+                                    for o in owners.get(u, ()))
+
+        return {u: names[u] for u in owners if owned(u)}
+
+    def _group_plurals(self, group: str) -> list[tuple[str, str]]:
+        """(version, plural) of each namespaced kind the owner's API group serves (discovery)."""
+        from kubernetes import client
+
+        if group in self._plurals:
+            return self._plurals[group]
+        groups = self._call("discover API groups", client.ApisApi(self.api.api_client).get_api_versions)
+        mine = [g for g in (groups or {}).get("groups", []) if g.get("name") == group]
+        version = (mine[0].get("preferredVersion") or {}).get("version") if mine else None
+        if not version:
+            return []
+        res = self._call(f"discover {group}/{version}", self.api.get_api_resources, group, version)
+        self._plurals[group] = [(version, r["name"]) for r in (res or {}).get("resources", [])
+                                if r.get("namespaced") and "/" not in r["name"] and "list" in (r.get("verbs") or [])]
+        return self._plurals[group]
 
     def list(self, group, version, plural, selector: str, namespace: str | None = None) -> list[dict]:
         if namespace:

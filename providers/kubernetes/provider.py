@@ -271,13 +271,26 @@ class CustomResource(Provider):
         c = self._cluster()
         self._same_cluster(c, outputs)
         try:
+            uid = (c.get(*self._args(ns, name)).get("metadata") or {}).get("uid")
+            known = {uid} | set(c.dependents(ns, {uid}, self.group))
             c.delete(*self._args(ns, name))
         except NotFound:
             return
-        # Gone, not just marked: a replacement re-uses the name, and an operator's finalizer
-        # that never clears (operator down) must be an error, not a silent leak.
+        # Gone, not just marked, and so is what its operator made for it: a replacement re-uses
+        # the name, and an operator's finalizer that never clears (operator down) must be an
+        # error, not a silent leak.
+        end = time.monotonic() + delete_timeout()
         self._wait(c, ns, name, "still exists (a finalizer its operator has not cleared?)",
                    lambda obj: obj is None, delete_timeout())
+        interval = 0.2
+        while left := c.dependents(ns, known, self.group):
+            known |= set(left)
+            if time.monotonic() >= end:
+                raise TimeoutError(f"{self.kind} {ns}/{name} at {c.url} is gone, but what it owned is still "
+                                   f"there after {delete_timeout():.0f} s: {', '.join(sorted(left.values())[:5])} "
+                                   f"(ENGINE_K8S_DELETE_TIMEOUT)")
+            time.sleep(interval)
+            interval = min(interval * 1.5, 2.0)
 
     def owned(self, stack: str) -> list[Owned]:
         from .client import Forbidden

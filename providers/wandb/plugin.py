@@ -132,7 +132,7 @@ def _plain(fn: Callable, config: WandB) -> Callable:
             return result
         finally:
             runtime._current.remove(run)
-            run.finish(exit_code=code)
+            runtime.finish_run(run, code)
 
     return call
 

@@ -12,6 +12,7 @@ import glob
 import os
 import re
 import struct
+import time
 from typing import Any, Iterator
 
 # The W&B run a task's body sees where no engine context exists: a torch elastic rank (set by
@@ -66,8 +67,30 @@ def init_run(spec: dict, run_id: str, api_key: str | None = None, *, dir: str | 
     )
 
 
-def finish_run(run, exit_code: int) -> None:
+def finish_run(run, exit_code: int, timeout: float = 60.0) -> None:
+    """``run.finish`` and then wait, bounded, until the run's ``.wandb`` file holds its exit
+    record, so that whoever reads the file once this returns reads the whole run.
+
+    ``finish`` returns once the service has acknowledged the exit record, and then asks it to
+    close the run's stream without waiting (``inform_finish`` has no reply). wandb-core buffers
+    the log in memory (LevelDB's 32 KiB blocks) and, offline, writes it out only when it closes
+    that stream: right after ``finish`` the file can still be its bare 7-byte header."""
+    settings = run.settings
     run.finish(exit_code=exit_code)
+    if settings.mode == "disabled" or settings.x_skip_transaction_log:
+        return  # mode "disabled", or told to keep no log: no file will come
+    path, deadline, size = settings.sync_file, time.monotonic() + timeout, -1
+    while True:
+        now = os.path.getsize(path) if os.path.exists(path) else -1
+        if now != size:  # parse only a file that has grown: a long run's log is large
+            size = now
+            if now > 0 and any(r.WhichOneof("record_type") == "exit" for r in read_records(path)):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"W&B run {run.id}: finished, but {path} holds no exit record after {timeout:.0f} s "
+                               f"({size} bytes): the W&B service (wandb-core) did not write the run's log; "
+                               f"see {os.path.join(settings.sync_dir, 'logs', 'debug-internal.log')}")
+        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------------- records
@@ -150,7 +173,7 @@ def mark_crashed(spec: dict, run_id: str, reason: str, root: str | None = None) 
     run = init_run(spec, run_id, dir=root, resume="allow", extra_tags=("crashed",))
     run.summary["engine/status"] = "crashed"
     run.summary["engine/error"] = reason
-    run.finish(exit_code=1)
+    finish_run(run, 1)
 
 
 # ---------------------------------------------------------------------------------- ranks
@@ -204,4 +227,4 @@ class RankInit:
             code = 0
         finally:
             _current.remove(run)
-            run.finish(exit_code=code)
+            finish_run(run, code)
