@@ -139,14 +139,9 @@ def state_location(args, folder: Path):
     if not args.pg and not args.state:
         yield "SQLite", str(folder / "state.db")
         return
-    from bench_state_pg import start_server
+    from bench_state_pg import postgres
 
-    server = None
-    try:
-        base = args.state
-        if base is None:
-            server = Path(tempfile.mkdtemp(prefix="bench-plan-pg-"))  # its own folder: the script opens it to postgres
-            base, _ = start_server(server)
+    with postgres(args.state, prefix="bench-plan-pg-") as (base, server):
         schema = f"bench_plan_{uuid.uuid4().hex[:8]}"
         url = f"{base}{'&' if '?' in base else '?'}schema={schema}"
         try:
@@ -159,11 +154,6 @@ def state_location(args, folder: Path):
 
                 with psycopg.connect(parse(url).conninfo, autocommit=True) as conn:
                     conn.execute(f'drop schema if exists "{schema}" cascade')
-    finally:
-        if server is not None:
-            subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", str(server)], capture_output=True,
-                           timeout=120)
-            shutil.rmtree(server, ignore_errors=True)
 
 
 def main() -> int:

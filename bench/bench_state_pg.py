@@ -20,6 +20,7 @@ each (median). Ratios are PostgreSQL / SQLite (above 1: PostgreSQL is slower).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import shutil
@@ -98,6 +99,24 @@ def start_server(folder: Path) -> tuple[str, str]:
     return f"postgresql://taskrig:{password}@127.0.0.1:{port}/taskrig_test", str(port)
 
 
+@contextlib.contextmanager
+def postgres(url: str | None, prefix: str = "bench-pg-"):
+    """(base URL, the server's folder or None): ``url`` when given, else a server of the
+    benchmark's own in a folder of its own (the script opens it to postgres), stopped and
+    removed on the way out, on failure too."""
+    if url is not None:
+        yield url, None
+        return
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        base, _ = start_server(folder)
+        yield base, folder
+    finally:
+        subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", str(folder)], capture_output=True,
+                       timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=200)
@@ -106,50 +125,42 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--url", default=None, help="an existing PostgreSQL (default: one started for the benchmark)")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-state-pg-"))
-    server = None
-    try:
-        base = args.url
-        if base is None:
-            server = Path(tempfile.mkdtemp(prefix="bench-pg-"))  # its own folder: the script opens it to postgres
-            base, _ = start_server(server)
-        sep = "&" if "?" in base else "?"
-        schemas = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-        pg_runs, pg_plan = (f"{base}{sep}schema={s}" for s in schemas)
-        os.chdir(tmp)  # the PostgreSQL state's runtime folder: .engine/runtime here
-        sq = per_run(tmp / "runs" / "state.db", args.warmup, args.runs)
-        pg = per_run(pg_runs, args.warmup, args.runs)
-        sq_s, pg_s = summarize(sq), summarize(pg)
-        plan_sq = plan_figures(tmp / "plan" / "state.db", args.n, args.repeats)
-        plan_pg = plan_figures(pg_plan, args.n, args.repeats)
-        rows = [
-            ["engine.run, trivial task: median ms", sq_s["median_ms"], pg_s["median_ms"],
-             ratio(pg_s["median_ms"], sq_s["median_ms"])],
-            ["  p90 ms", sq_s["p90_ms"], pg_s["p90_ms"], ratio(pg_s["p90_ms"], sq_s["p90_ms"])],
-            [f"first up: create {args.n} resources, s", plan_sq["create_s"], plan_pg["create_s"],
-             ratio(plan_pg["create_s"], plan_sq["create_s"])],
-            [f"preview over {args.n}, median s", plan_sq["preview_s"], plan_pg["preview_s"],
-             ratio(plan_pg["preview_s"], plan_sq["preview_s"])],
-            [f"no-change up over {args.n}, median s", plan_sq["noop_up_s"], plan_pg["noop_up_s"],
-             ratio(plan_pg["noop_up_s"], plan_sq["noop_up_s"])],
-        ]
-        print(f"State backends: SQLite (synchronous=FULL) against PostgreSQL "
-              f"({'scripts/postgres.sh, fsync=off' if server else 'given --url'}); {args.runs} runs, n={args.n}")
-        print(table(["", "SQLite", "PostgreSQL", "PG / SQLite"], rows))
-        load = [round(x, 2) for x in os.getloadavg()]
-        print(f"\nload average at the end (2 cores): {load}")
-        emit({"bench": "state_pg", "runs": args.runs, "n": args.n, "sqlite_run": sq_s, "pg_run": pg_s,
-              "run_ratio": ratio(pg_s["median_ms"], sq_s["median_ms"]), "sqlite_plan": plan_sq, "pg_plan": plan_pg,
-              "preview_ratio": ratio(plan_pg["preview_s"], plan_sq["preview_s"]),
-              "noop_up_ratio": ratio(plan_pg["noop_up_s"], plan_sq["noop_up_s"]), "own_server": server is not None,
-              "loadavg": load})
-    finally:
-        os.chdir(ROOT)
-        if server is not None:
-            subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", str(server)], capture_output=True,
-                           timeout=120)
-            shutil.rmtree(server, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with postgres(args.url) as (base, server):
+        tmp = Path(tempfile.mkdtemp(prefix="bench-state-pg-"))
+        try:
+            sep = "&" if "?" in base else "?"
+            schemas = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+            pg_runs, pg_plan = (f"{base}{sep}schema={s}" for s in schemas)
+            os.chdir(tmp)  # the PostgreSQL state's runtime folder: .engine/runtime here
+            sq = per_run(tmp / "runs" / "state.db", args.warmup, args.runs)
+            pg = per_run(pg_runs, args.warmup, args.runs)
+            sq_s, pg_s = summarize(sq), summarize(pg)
+            plan_sq = plan_figures(tmp / "plan" / "state.db", args.n, args.repeats)
+            plan_pg = plan_figures(pg_plan, args.n, args.repeats)
+            rows = [
+                ["engine.run, trivial task: median ms", sq_s["median_ms"], pg_s["median_ms"],
+                 ratio(pg_s["median_ms"], sq_s["median_ms"])],
+                ["  p90 ms", sq_s["p90_ms"], pg_s["p90_ms"], ratio(pg_s["p90_ms"], sq_s["p90_ms"])],
+                [f"first up: create {args.n} resources, s", plan_sq["create_s"], plan_pg["create_s"],
+                 ratio(plan_pg["create_s"], plan_sq["create_s"])],
+                [f"preview over {args.n}, median s", plan_sq["preview_s"], plan_pg["preview_s"],
+                 ratio(plan_pg["preview_s"], plan_sq["preview_s"])],
+                [f"no-change up over {args.n}, median s", plan_sq["noop_up_s"], plan_pg["noop_up_s"],
+                 ratio(plan_pg["noop_up_s"], plan_sq["noop_up_s"])],
+            ]
+            print(f"State backends: SQLite (synchronous=FULL) against PostgreSQL "
+                  f"({'scripts/postgres.sh, fsync=off' if server else 'given --url'}); {args.runs} runs, n={args.n}")
+            print(table(["", "SQLite", "PostgreSQL", "PG / SQLite"], rows))
+            load = [round(x, 2) for x in os.getloadavg()]
+            print(f"\nload average at the end (2 cores): {load}")
+            emit({"bench": "state_pg", "runs": args.runs, "n": args.n, "sqlite_run": sq_s, "pg_run": pg_s,
+                  "run_ratio": ratio(pg_s["median_ms"], sq_s["median_ms"]), "sqlite_plan": plan_sq, "pg_plan": plan_pg,
+                  "preview_ratio": ratio(plan_pg["preview_s"], plan_sq["preview_s"]),
+                  "noop_up_ratio": ratio(plan_pg["noop_up_s"], plan_sq["noop_up_s"]), "own_server": server is not None,
+                  "loadavg": load})
+        finally:
+            os.chdir(ROOT)
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

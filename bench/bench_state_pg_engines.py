@@ -43,7 +43,7 @@ from pathlib import Path
 
 from _common import ROOT, emit, ratio, summarize, table
 from bench_overhead import flyte_python, time_flyte
-from bench_state_pg import per_run, start_server
+from bench_state_pg import per_run, postgres
 
 from engine.state import State  # noqa: E402
 
@@ -202,36 +202,28 @@ def main() -> int:
     ap.add_argument("--url", default=None, help="an existing PostgreSQL (default: one started for the benchmark)")
     args = ap.parse_args()
     flyte_py = flyte_python(args.flyte_venv)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-state-pg-engines-"))
-    server = None
     t_start, load_start = time.time(), [round(x, 2) for x in os.getloadavg()]
-    try:
-        base = args.url
-        if base is None:
-            server = Path(tempfile.mkdtemp(prefix="bench-pg-"))  # its own folder: the script opens it to postgres
-            base, _ = start_server(server)
-        sep = "&" if "?" in base else "?"
-        pg_run, pg_engines = (f"{base}{sep}schema=bench_{uuid.uuid4().hex[:8]}" for _ in range(2))
-        os.chdir(tmp)  # the PostgreSQL state's runtime folder: .engine/runtime here
-        samples = per_run_figures({"sqlite": tmp / "runs" / "state.db", "postgresql": pg_run}, flyte_py,
-                                  args.warmup, args.runs, args.rounds)
-        sq, pg, fl = (summarize(samples[k]) for k in ("sqlite", "postgresql", "flyte"))
-        flp_doc = time_flyte(flyte_py, min(args.warmup, 5), args.flyte_n_persist, persistence=True)
-        flp, version = summarize(flp_doc["samples_s"]), flp_doc["flyte_version"]
+    with postgres(args.url) as (base, server):
+        tmp = Path(tempfile.mkdtemp(prefix="bench-state-pg-engines-"))
+        try:
+            sep = "&" if "?" in base else "?"
+            pg_run, pg_engines = (f"{base}{sep}schema=bench_{uuid.uuid4().hex[:8]}" for _ in range(2))
+            os.chdir(tmp)  # the PostgreSQL state's runtime folder: .engine/runtime here
+            samples = per_run_figures({"sqlite": tmp / "runs" / "state.db", "postgresql": pg_run}, flyte_py,
+                                      args.warmup, args.runs, args.rounds)
+            sq, pg, fl = (summarize(samples[k]) for k in ("sqlite", "postgresql", "flyte"))
+            flp_doc = time_flyte(flyte_py, min(args.warmup, 5), args.flyte_n_persist, persistence=True)
+            flp, version = summarize(flp_doc["samples_s"]), flp_doc["flyte_version"]
 
-        engine_states = {"sqlite": str(tmp / "engines" / "state.db"), "postgresql": pg_engines}
-        for state in engine_states.values():
-            State(state).close()  # the state exists before the engines start, as a team's does
-        conc = engines_figures(engine_states, tmp, args.engines, args.engine_runs, args.engine_warmup,
-                               args.engine_rounds, server / "data" if server is not None else None)
-        csq, cpg = conc["sqlite"], conc["postgresql"]
-    finally:
-        os.chdir(ROOT)
-        if server is not None:
-            subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", str(server)], capture_output=True,
-                           timeout=120)
-            shutil.rmtree(server, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+            engine_states = {"sqlite": str(tmp / "engines" / "state.db"), "postgresql": pg_engines}
+            for state in engine_states.values():
+                State(state).close()  # the state exists before the engines start, as a team's does
+            conc = engines_figures(engine_states, tmp, args.engines, args.engine_runs, args.engine_warmup,
+                                   args.engine_rounds, server / "data" if server is not None else None)
+            csq, cpg = conc["sqlite"], conc["postgresql"]
+        finally:
+            os.chdir(ROOT)
+            shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"(1) engine.run of a trivial task, one process: {args.rounds} alternating rounds of {args.warmup} warm-up "
           f"+ {max(1, args.runs // args.rounds)} timed calls per side")
