@@ -149,13 +149,16 @@ class Session:
                               inputs=inputs, task=task)
         plugins, decls = [], []
         configs = task.plugin_configs
-        for i, cfg in enumerate(configs):
-            plugin = TaskPluginRegistry.find(type(cfg))
-            if plugin is None:
-                raise ConfigError(f"no plugin is registered for {type(cfg).__qualname__}",
-                                  "plugin_config" + (f"[{i}]" if len(configs) > 1 else ""))
-            plugins.append((cfg, plugin))
-            decls.extend(plugin.declare(cfg, dctx))
+        # The whole stack's declarations are built with the collector paused, as its plan is
+        # (engine.gcpause): a plugin declaring 100,000 resources otherwise pays ~0.2 s of walks.
+        with gcpause.paused():
+            for i, cfg in enumerate(configs):
+                plugin = TaskPluginRegistry.find(type(cfg))
+                if plugin is None:
+                    raise ConfigError(f"no plugin is registered for {type(cfg).__qualname__}",
+                                      "plugin_config" + (f"[{i}]" if len(configs) > 1 else ""))
+                plugins.append((cfg, plugin))
+                decls.extend(plugin.declare(cfg, dctx))
         secret_env, secret_files = resolve_secrets(env)
         values = [*secret_env.values(), *(v for _, v in secret_files.values())]
         for d in decls:

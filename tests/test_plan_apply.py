@@ -167,10 +167,16 @@ def test_registries_refuse_duplicates():
     TaskPluginRegistry.register(Cfg, "x", override=True)
     assert TaskPluginRegistry.find(Cfg) == "x"
 
-    class Other(Provider):
-        type_token = Store.type_token
+    # A token of this test's own: the suite's other providers (state_store's test:store:Thing,
+    # imported in-process by the fault tests) are registered in this process too.
+    class Mine(Provider):
+        type_token = "test:registry:Duplicate"
 
-    ProviderRegistry.register(Store)
+    class Other(Provider):
+        type_token = Mine.type_token
+
+    ProviderRegistry.register(Mine, override=True)
+    ProviderRegistry.register(Mine)  # the same class again is no conflict
     with pytest.raises(ValueError, match="already registered"):
         ProviderRegistry.register(Other)
 

@@ -98,7 +98,10 @@ def test_options_are_honoured(session, monkeypatch):
     assert step.op == "replace" and step.delete_before_replace
     Thing.calls.clear()
     session.up_program(PROGRAM)
-    assert Thing.calls[:2] == [("delete", "base"), ("create", "base")]
+    # A delete-first replacement in Pulumi's order: what depends on it (the pair component's
+    # children, through the component's depends_on) goes first and comes back after it.
+    assert Thing.calls == [("delete", "pair-right"), ("delete", "pair-left"), ("delete", "base"),
+                           ("create", "base"), ("create", "pair-left"), ("create", "pair-right")]
     monkeypatch.setenv("THINGS_DROP", "1")  # retain_on_delete: leaves the state, not the world
     Thing.calls.clear()
     plan, _ = session.up_program(PROGRAM)
