@@ -730,7 +730,8 @@ class ImageBuildEngine:
 
     @classmethod
     def _build(cls, image: Image, builder: str, dry_run: bool, force: bool, session) -> BuildResult:
-        from .lifecycle import Session, new_run_id
+        from .lifecycle import Session
+        from .runs import recorded_run
 
         if not isinstance(image, Image):
             raise ConfigError(f"expected an engine.Image, got {type(image).__name__}", "image")
@@ -757,14 +758,9 @@ class ImageBuildEngine:
                 session.reporter.plan(plan, "up")
                 if not plan.has_changes:
                     return BuildResult(image.uri, dockerfile, plan, False)
-                run_id = new_run_id()
-                state.start_run(run_id, STACK, f"image build {image.uri}", kind="build")
-                try:
+                with recorded_run(state, STACK, f"image build {image.uri}", kind="build",
+                                  outputs={"uri": image.uri}) as run_id:
                     session._applier(state, STACK, run_id).apply(plan)
-                except BaseException as e:
-                    state.update_run(run_id, status="failed", finished=time.time(), error=f"{type(e).__name__}: {e}")
-                    raise
-                state.update_run(run_id, status="succeeded", finished=time.time(), outputs={"uri": image.uri})
                 return BuildResult(image.uri, dockerfile, plan, True)
         finally:
             state.close()

@@ -23,9 +23,10 @@ def new_run_id() -> str:
 
 
 @contextlib.contextmanager
-def recorded_run(state: State, stack: str, task: str, *, kind: str, status: str) -> Iterator[str]:
+def recorded_run(state: State, stack: str, task: str, *, kind: str, status: str = "provisioning",
+                 outputs: dict | None = None) -> Iterator[str]:
     """Start a run row and yield its id; however the block ends, record how (the error's
-    masked text for a failure, then the exception goes on)."""
+    masked text for a failure, then the exception goes on; ``outputs`` for a success)."""
     run_id = new_run_id()
     state.start_run(run_id, stack, task, kind=kind, status=status)
     try:
@@ -33,4 +34,4 @@ def recorded_run(state: State, stack: str, task: str, *, kind: str, status: str)
     except BaseException as e:
         state.update_run(run_id, status="failed", finished=time.time(), error=error_text(e))
         raise
-    state.update_run(run_id, status="succeeded", finished=time.time())
+    state.update_run(run_id, status="succeeded", finished=time.time(), **({"outputs": outputs} if outputs else {}))
